@@ -1,0 +1,31 @@
+# Rewarm: every target sets itself up (a virtualenv in .venv) on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch first and pinned to the CPU build on disk: a looser resolution pulls GB of CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/rewarm train sweeps/specs/smoke.yaml --run-name smoke-demo-$$(date +%s)
+
+bench: install
+	$(BIN)/python -m benchmarks.trainer_bench
+
+clean:
+	rm -rf $(VENV) rewarm_runs mlflow.db mlruns .pytest_cache

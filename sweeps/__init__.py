@@ -1,0 +1,1 @@
+"""Sweep specs, the Tune driver, MLflow tracking and the `rewarm` CLI."""

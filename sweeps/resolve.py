@@ -1,0 +1,127 @@
+"""Turn a spec into what trials need: model and data on disk, the base reference, TrialConfigs.
+
+Runs once per sweep in the driver, before Ray starts any trial, so that every trial
+memory-maps the same prepared blocks and shares one base reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeps.spec import SweepSpec
+from trainers.config import LoopConfig, TrialConfig
+from trainers.data import DataError, DataSource, PreparedDomain, prepare_domain
+from trainers.objective import BaseReference
+from trainers.schedules import ScheduleConfig
+from trainers.toyworld import TOY, TOY_DATA_PREFIX, default_cache_dir, ensure_toy_world
+
+
+class ResolveError(ValueError):
+    """The spec is valid but what it points at is not usable (missing data, model too short...)."""
+
+
+@dataclass(frozen=True)
+class ResolvedSweep:
+    spec: SweepSpec
+    model_path: str
+    tokenizer_path: str
+    upstream: PreparedDomain
+    downstream: PreparedDomain
+    base_reference: BaseReference
+
+
+def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> ResolvedSweep:
+    cache_dir = cache_dir or default_cache_dir()
+    toy = None
+    if spec.uses_toy_model or any(s.path.startswith(TOY_DATA_PREFIX) for s in (spec.data.upstream, spec.data.downstream)):
+        toy = ensure_toy_world(spec.toy_world, cache_dir, log=log)
+    model_path = str(toy.model) if spec.uses_toy_model else spec.model.name_or_path
+    tokenizer_path = spec.model.tokenizer or (str(toy.tokenizer) if spec.uses_toy_model else model_path)
+    _check_seq_len(model_path, spec.data.seq_len)
+
+    def source(field: str) -> DataSource:
+        src: DataSource = getattr(spec.data, field)
+        if src.path.startswith(TOY_DATA_PREFIX):
+            domain = src.path.removeprefix(TOY_DATA_PREFIX)
+            if domain not in ("upstream", "downstream"):
+                raise ResolveError(f"data.{field}.path: unknown toy domain {domain!r}; use toy:upstream or toy:downstream")
+            return src.model_copy(update={"path": str(toy.data_path(domain))})
+        return src
+
+    prepared = {}
+    for field in ("upstream", "downstream"):
+        try:
+            prepared[field] = prepare_domain(source(field), tokenizer_path, spec.data.seq_len,
+                                             spec.data.val_fraction, spec.data.val_sequences, cache_dir)
+        except DataError as exc:
+            raise ResolveError(f"data.{field}: {exc}") from None
+    base = measure_base_reference(model_path, spec.model.dtype, prepared["upstream"], prepared["downstream"],
+                                  spec.training.eval_batch_size, cache_dir)
+    return ResolvedSweep(spec, model_path, tokenizer_path, prepared["upstream"], prepared["downstream"], base)
+
+
+def _check_seq_len(model_path: str, seq_len: int) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except Exception as exc:  # hub/IO errors vary by cause; report the cause
+        raise ResolveError(f"model.name_or_path: cannot load {model_path!r} "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        raise ResolveError(f"data.seq_len: {seq_len} exceeds the model's maximum sequence length ({limit})")
+
+
+def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain, downstream: PreparedDomain,
+                           eval_batch_size: int, cache_dir: Path) -> BaseReference:
+    """L_up and L_down of the base model on the shared validation sets, cached on disk."""
+    key = hashlib.sha256(json.dumps([model_path, dtype, str(upstream.val), str(downstream.val)]).encode()).hexdigest()[:16]
+    path = cache_dir / "base_reference" / f"{key}.json"
+    if path.exists():
+        return BaseReference.model_validate_json(path.read_text())
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainers.data import load_blocks
+    from trainers.evaluation import validation_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+    autocast = device.type == "cuda"
+    ref = BaseReference(
+        L_up=validation_loss(model, load_blocks(upstream.val), eval_batch_size, device, autocast),
+        L_down=validation_loss(model, load_blocks(downstream.val), eval_batch_size, device, autocast),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ref.model_dump_json())
+    return ref
+
+
+def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = None) -> TrialConfig:
+    """The TrialConfig for one point of the search space."""
+    spec, t = resolved.spec, resolved.spec.training
+    steps = spec.steps_per_trial
+    per_step = spec.tokens_per_step
+    eval_every = max(1, round(t.eval_every_tokens / per_step))
+    checkpoint_every = max(eval_every, round(t.checkpoint_every_tokens / per_step))
+    schedule = ScheduleConfig(
+        kind=knobs["schedule"], max_lr=float(knobs["max_lr"]), warmup_frac=float(knobs["warmup_frac"]),
+        min_lr_ratio=t.min_lr_ratio, constant_lr_ratio=t.constant_lr_ratio, cooldown_frac=t.cooldown_frac,
+        anneal_frac=t.anneal_frac, decay_frac=t.decay_frac,
+    )
+    return TrialConfig(
+        model_path=resolved.model_path, dtype=spec.model.dtype,
+        upstream=resolved.upstream, downstream=resolved.downstream,
+        schedule=schedule, replay_ratio=float(knobs["replay_ratio"]), optimizer=t.optimizer,
+        loop=LoopConfig(
+            total_steps=steps, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
+            seq_len=spec.data.seq_len, eval_every=eval_every, eval_batch_size=t.eval_batch_size,
+            checkpoint_every=checkpoint_every, divergence_factor=t.divergence_factor, seed=spec.seed,
+        ),
+        objective=spec.objective, base_reference=resolved.base_reference, run_dir=run_dir,
+        torch_threads=max(1, int(spec.resources.cpus_per_worker)) if spec.resources.gpus_per_worker == 0 else None,
+    )

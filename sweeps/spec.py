@@ -1,0 +1,284 @@
+"""The sweep spec: one YAML file describes a sweep, and a run is a sweep with every knob fixed.
+
+Every model has `extra="forbid"`, so a misspelt key is an error naming it, and every
+field documents itself. `load_spec` turns any problem (unreadable file, bad YAML, wrong
+value) into `SpecError` with a one-line message that names the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import search_spaces
+from search_spaces.params import Fixed, coerce_param
+from trainers.config import OptimizerConfig
+from trainers.data import DataSource
+from trainers.objective import ObjectiveConfig
+from trainers.toyworld import TOY, TOY_DATA_PREFIX, ToyWorldConfig
+
+# Pre-training max LR of known base models (Pythia paper, table 7), used to scale paper
+# presets; others must state `model.pretrain_max_lr`.
+KNOWN_PRETRAIN_LR = {
+    "pythia-14m": 1e-3, "pythia-31m": 1e-3, "pythia-70m": 1e-3, "pythia-160m": 6e-4, "pythia-410m": 3e-4,
+    "pythia-1b": 3e-4, "pythia-1.4b": 2e-4, "pythia-2.8b": 1.6e-4, "pythia-6.9b": 1.2e-4, "pythia-12b": 1.2e-4,
+}
+
+
+class SpecError(ValueError):
+    """A spec problem, phrased for the user: `field: what is wrong`."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Spec):
+    """The base model to continue pre-training."""
+
+    name_or_path: str = Field(TOY, description="'toy' (the embedded toy-world model), a hub name or a local directory.")
+    tokenizer: str | None = Field(None, description="Tokenizer name or path; defaults to the model's.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weight dtype (bf16 autocast runs on GPU regardless).")
+    pretrain_max_lr: float | None = Field(None, gt=0, description="The model's own pre-training max LR; scales paper presets. Known for Pythia and the toy model.")
+
+
+class DataSpec(_Spec):
+    """Upstream (replayed) and downstream (new) data, and how they are cut into sequences."""
+
+    upstream: DataSource = Field(DataSource(path=TOY_DATA_PREFIX + "upstream"), description="The base model's pre-training data (replay source).")
+    downstream: DataSource = Field(DataSource(path=TOY_DATA_PREFIX + "downstream"), description="The new data.")
+    seq_len: int = Field(128, ge=8, description="Tokens per training sequence (at most the model's max positions).")
+    val_sequences: int = Field(64, ge=1, description="Held-out validation sequences per domain (same for every trial).")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of documents held out for validation.")
+
+
+class TrainingSpec(_Spec):
+    """Training settings shared by every trial."""
+
+    global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step over all workers.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one worker.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of max LR (cosine decays to 0.1x in the papers).")
+    constant_lr_ratio: float = Field(0.5, gt=0, le=1, description="infinite schedule: constant-phase LR as a share of max LR.")
+    cooldown_frac: float = Field(0.2, ge=0, le=1, description="infinite schedule: share of steps of the cooldown.")
+    anneal_frac: float = Field(0.1, ge=0, le=1, description="infinite schedule: share of steps of the final anneal.")
+    decay_frac: float = Field(0.2, ge=0, le=1, description="wsd schedule: share of steps of the final decay.")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="AdamW settings.")
+    eval_every_tokens: int = Field(16384, ge=1, description="Tokens between evaluations and reports (rounded to whole steps).")
+    eval_batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
+    checkpoint_every_tokens: int = Field(65536, ge=1, description="Tokens between checkpoints (taken at the next eval).")
+    divergence_factor: float = Field(2.0, gt=1, description="A trial diverged when its loss EMA exceeds this times its first loss.")
+
+
+class SearchSpaceSpec(_Spec):
+    """Which registered space to search, with per-knob overrides (absolute values)."""
+
+    name: str = Field("default", description=f"A registered search space: {sorted(search_spaces.REGISTRY)}.")
+    params: dict[str, search_spaces.Param] = Field(default_factory=dict, description="Per-knob overrides: a value, a list (choice), or {type: uniform|loguniform|choice|fixed, ...}.")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v):
+        if v not in search_spaces.REGISTRY:
+            raise ValueError(f"unknown search space {v!r}; choose one of {sorted(search_spaces.REGISTRY)}")
+        return v
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping of knob -> value or distribution")
+        unknown = [k for k in v if k not in search_spaces.KNOBS]
+        if unknown:
+            raise ValueError(f"unknown knob(s) {unknown}; knobs are {list(search_spaces.KNOBS)}")
+        return {k: coerce_param(p) for k, p in v.items()}
+
+
+class BudgetSpec(_Spec):
+    """How much a sweep may spend."""
+
+    num_trials: int = Field(12, ge=1, description="Trials to run.")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once (capped by the cluster's CPUs / workers per trial).")
+    tokens_per_trial: int = Field(262144, ge=1, description="Training tokens of a trial that is not stopped early (sets the schedule length).")
+
+
+class SchedulerSpec(_Spec):
+    """Early stopping of bad schedules."""
+
+    kind: Literal["asha", "none"] = Field("asha", description="'asha' (driven by tokens seen) or 'none'.")
+    grace_tokens: int | None = Field(None, ge=1, description="No stop before this many tokens; default: longest warmup + recovery window.")
+    recovery_frac: float = Field(0.1, ge=0, le=1, description="Recovery window after warmup, as a share of the trial's tokens.")
+    reduction_factor: int = Field(3, ge=2, description="ASHA keeps 1/reduction_factor of trials at each rung.")
+
+
+class ResourcesSpec(_Spec):
+    """What each trial gets."""
+
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP ranks) per trial.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0 = CPU training).")
+    max_failures: int = Field(1, ge=0, description="Train worker-group restarts from the latest checkpoint before a trial fails.")
+
+
+class TrackingSpec(_Spec):
+    """Where MLflow records the sweep. MLFLOW_TRACKING_URI in the environment wins."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db (absolute).")
+    experiment: str = Field("rewarm", description="MLflow experiment name.")
+
+
+class SweepSpec(_Spec):
+    """A whole sweep (or, with every knob fixed, one run)."""
+
+    name: str = Field(description="Sweep name: the MLflow parent run and the results directory use it.")
+    seed: int = Field(0, description="Seed of the searcher, data order and model RNG.")
+    model: ModelSpec = Field(ModelSpec(), description="Base model.")
+    toy_world: ToyWorldConfig = Field(ToyWorldConfig(), description="The embedded toy world (used where model or data say 'toy').")
+    data: DataSpec = Field(DataSpec(), description="Upstream and downstream data.")
+    training: TrainingSpec = Field(TrainingSpec(), description="Fixed training settings.")
+    search_space: SearchSpaceSpec = Field(SearchSpaceSpec(), description="Knobs to search or fix.")
+    objective: ObjectiveConfig = Field(ObjectiveConfig(), description="What the sweep maximises.")
+    budget: BudgetSpec = Field(BudgetSpec(), description="Trials and tokens.")
+    scheduler: SchedulerSpec = Field(SchedulerSpec(), description="Early stopping.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Workers and devices per trial.")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow.")
+    storage_path: str = Field("rewarm_runs", description="Checkpoints and Ray results (relative paths are under the working directory).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names directories and runs)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        t = self.training
+        if t.global_batch_size % (t.micro_batch_size * self.resources.workers_per_trial):
+            raise ValueError(
+                f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
+                f"training.micro_batch_size x resources.workers_per_trial "
+                f"({t.micro_batch_size} x {self.resources.workers_per_trial})")
+        if self.steps_per_trial < 1:
+            raise ValueError(f"budget.tokens_per_trial ({self.budget.tokens_per_trial}) is less than one step "
+                             f"({self.tokens_per_step} tokens)")
+        if self.uses_toy_model and self.data.seq_len > self.toy_world.max_positions:
+            raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds the model's maximum "
+                             f"sequence length ({self.toy_world.max_positions})")
+        self.pretrain_lr()  # raises naming model.pretrain_max_lr when it cannot be known
+        try:
+            self.knob_params()
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"search_space.params.{exc}") from None
+        return self
+
+    # ---------------------------------------------------------------- derived
+
+    @property
+    def uses_toy_model(self) -> bool:
+        return self.model.name_or_path == TOY
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.training.global_batch_size * self.data.seq_len
+
+    @property
+    def steps_per_trial(self) -> int:
+        return self.budget.tokens_per_trial // self.tokens_per_step
+
+    def pretrain_lr(self) -> float:
+        if self.model.pretrain_max_lr is not None:
+            return self.model.pretrain_max_lr
+        if self.uses_toy_model:
+            return self.toy_world.pretrain_lr
+        key = self.model.name_or_path.rstrip("/").split("/")[-1].lower().removesuffix("-deduped")
+        if key in KNOWN_PRETRAIN_LR:
+            return KNOWN_PRETRAIN_LR[key]
+        raise ValueError(f"model.pretrain_max_lr is needed for {self.model.name_or_path!r} "
+                         f"(known: toy and Pythia) to scale the search space's learning rates")
+
+    def knob_params(self) -> dict:
+        space = search_spaces.get(self.search_space.name)
+        return space.resolved(self.pretrain_lr(), self.search_space.params)
+
+    def fixed_knobs(self) -> dict | None:
+        """Knob values if every knob is fixed (a single run), else None."""
+        params = self.knob_params()
+        if all(isinstance(p, Fixed) for p in params.values()):
+            return {k: p.value for k, p in params.items()}
+        return None
+
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI, else the spec's URI, else an absolute SQLite file in the cwd."""
+        return (os.environ.get("MLFLOW_TRACKING_URI") or self.tracking.uri
+                or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
+
+    def storage_dir(self) -> str:
+        if "://" in self.storage_path:
+            return self.storage_path
+        return str(Path(self.storage_path).expanduser().resolve())
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a spec; every failure is a one-line `SpecError`."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"spec file {path}: invalid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {path}: expected a mapping of sections at the top level")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_spec(raw, source=str(path))
+
+
+def validate_spec(raw: dict, source: str = "spec") -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see `rewarm validate --help`)"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`knob=value` sets a search-space knob; `a.b.c=value` sets any spec field."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected key=value")
+    key, value_text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        value = value_text
+    if key in search_spaces.KNOBS:
+        raw.setdefault("search_space", {}).setdefault("params", {})[key] = value
+        return
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value

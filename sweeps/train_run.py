@@ -1,0 +1,133 @@
+"""`rewarm train`: one trial of a spec, every knob fixed, on Ray Train workers.
+
+A run name under the spec's storage path identifies the run: starting the same name
+again resumes it from its latest checkpoint (Ray Train restores the run), with the LR
+schedule, replay position, RNG and tokens seen exactly where they were.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeps.resolve import resolve, trial_config
+from sweeps.spec import SpecError, SweepSpec
+from trainers.worker import CURVES_FILE
+
+
+class RunFailed(RuntimeError):
+    """The run ended without completing (diverged or failed); the message says why."""
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    metrics: dict
+    timings: dict
+
+    @property
+    def status(self) -> str:
+        return self.metrics.get("status", "failed")
+
+
+def train_torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, callbacks=()):
+    """The TorchTrainer of one trial (shared by `rewarm train` and the sweep's trials)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainers.worker import train_worker
+
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        per_worker["GPU"] = res.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker=train_worker,
+        train_loop_config={"trial": trial},
+        scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=run_name, storage_path=storage, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=res.max_failures)),
+    )
+
+
+def check_cluster_fits(spec: SweepSpec, resources: dict) -> None:
+    res = spec.resources
+    need_cpu = res.workers_per_trial * res.cpus_per_worker
+    need_gpu = res.workers_per_trial * res.gpus_per_worker
+    if need_cpu > resources.get("CPU", 0) or need_gpu > resources.get("GPU", 0):
+        raise SpecError(
+            f"resources: a trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+            f"({res.workers_per_trial} workers) but the Ray cluster has {resources.get('CPU', 0):g} CPUs and "
+            f"{resources.get('GPU', 0):g} GPUs; lower resources.workers_per_trial or cpus/gpus_per_worker")
+
+
+def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: int | None = None,
+               address: str | None = None, log=print) -> RunOutcome:
+    knobs = spec.fixed_knobs()
+    if knobs is None:
+        free = [k for k, p in spec.knob_params().items() if p.type != "fixed"]
+        raise SpecError(f"search_space.params: `rewarm train` needs every knob fixed; {free} are not "
+                        f"(add --set {free[0]}=VALUE)")
+    timings = {"start": time.time()}
+    resolved = resolve(spec, log=log)
+    timings["resolved"] = time.time()
+    run_name = run_name or f"{spec.name}-run"
+    storage = spec.storage_dir()
+    run_dir = Path(storage) / run_name
+    _check_storage_writable(storage)
+    cfg = trial_config(resolved, knobs, run_dir=run_dir)
+    if stop_after_step is not None:
+        cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"stop_after_step": stop_after_step})})
+
+    from sweeps.ray_cluster import init_ray
+
+    check_cluster_fits(spec, init_ray(address))
+    timings["ray_ready"] = time.time()
+    log(f"[rewarm] run {run_name}: {knobs} | {cfg.loop.total_steps} steps of "
+        f"{spec.tokens_per_step} tokens | base L_up={resolved.base_reference.L_up:.4f} "
+        f"L_down={resolved.base_reference.L_down:.4f}")
+    trainer = train_torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage)
+    timings["fit_start"] = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; the root cause is what the user needs
+        raise RunFailed(f"run {run_name} failed: {_root_cause(exc)}") from exc
+    timings["end"] = time.time()
+    metrics = dict(result.metrics or {})
+    for key in [k for k in metrics if k.startswith("time/")]:
+        timings[key.removeprefix("time/")] = metrics.pop(key)
+    outcome = RunOutcome(run_dir=run_dir, metrics=metrics, timings=timings)
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"knobs": knobs, "metrics": metrics, "timings": timings,
+         "base_reference": resolved.base_reference.model_dump()}, indent=2))
+    return outcome
+
+
+def read_curve(run_dir: Path) -> list[dict]:
+    from trainers.worker import CurveLog
+
+    return CurveLog(Path(run_dir) / CURVES_FILE).read()
+
+
+def _check_storage_writable(storage: str) -> None:
+    if "://" in storage:
+        return
+    path = Path(storage)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".rewarm-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"storage_path: {storage} is not writable ({exc.strerror})") from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {text[-1] if text else ''}"

@@ -1,0 +1,147 @@
+"""Checkpoints that make resume exact, written atomically and verified on load.
+
+Layout of a checkpoint directory:
+  model.safetensors   weights (never pickled)
+  optimizer.pt        AdamW state, loaded with weights_only=True
+  rng.pt              RNG states of every rank (torch, CUDA, numpy, python), weights_only-safe
+  state.json          step, tokens seen, replay-mixer state, run status
+  MANIFEST.json       sha256 and size of every file above; written last
+
+A checkpoint without a manifest, or whose files do not match it, is incomplete or
+corrupt and is refused with `CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
+
+from trainers.replay import ReplayState
+
+MANIFEST = "MANIFEST.json"
+_FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class TrainState(BaseModel):
+    """Everything besides tensors needed to continue a run where it stopped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int  # optimizer steps completed; the next step to run has this index
+    tokens_seen: int
+    replay: ReplayState
+    first_loss: float | None = None  # divergence detection compares against this
+    loss_ema: float | None = None
+    best_objective: float | None = None
+
+
+def capture_rng() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": np_state[2], "has_gauss": np_state[3], "gauss": np_state[4]},
+        "python": _python_rng_to_tensor(random.getstate()),
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_python_rng_from_tensor(state["python"]))
+
+
+def _python_rng_to_tensor(state) -> dict:
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_rng_from_tensor(d):
+    return d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"]
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_per_rank: list[dict]) -> Path:
+    """Write a checkpoint into `directory` atomically (temp dir + rename, manifest last)."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    # Tied weights share storage; safetensors refuses shared tensors, so clone them.
+    save_file({k: v.clone() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng_per_rank, tmp / "rng.pt")
+    (tmp / "state.json").write_text(state.model_dump_json(indent=2))
+    manifest = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in _FILES}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def verify_checkpoint(directory: Path) -> None:
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"checkpoint {directory}: no {MANIFEST} (incomplete write or not a Rewarm checkpoint)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is corrupt ({exc})") from exc
+    for name in _FILES:
+        path = directory / name
+        if name not in manifest or not path.exists():
+            raise CheckpointError(f"checkpoint {directory}: missing {name}")
+        if path.stat().st_size != manifest[name]["bytes"] or _sha256(path) != manifest[name]["sha256"]:
+            raise CheckpointError(f"checkpoint {directory}: {name} is corrupt or truncated (checksum mismatch)")
+
+
+def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.device) -> TrainState:
+    """Verify, then restore model, optimizer and this rank's RNG in place; return the state."""
+    directory = Path(directory)
+    verify_checkpoint(directory)
+    weights = load_file(str(directory / "model.safetensors"), device=str(device))
+    missing, unexpected = _unwrap(model).load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("masked_bias") and not k.endswith(".bias_mask")]:
+        raise CheckpointError(f"checkpoint {directory}: weights do not match the model "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
+    rng = torch.load(directory / "rng.pt", weights_only=True)
+    restore_rng(rng[rank] if rank < len(rng) else rng[0])
+    return TrainState.model_validate_json((directory / "state.json").read_text())
+
+
+def read_state(directory: Path) -> TrainState:
+    verify_checkpoint(directory)
+    return TrainState.model_validate_json((Path(directory) / "state.json").read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,72 @@
+"""The fully resolved configuration of one trial, as handed to every Train worker.
+
+The sweep driver turns a spec plus one point of the search space into a `TrialConfig`:
+paths are resolved, data is prepared, the base reference is measured. Workers need
+nothing else, and nothing in `trainers/` imports from `sweeps/` (data flows one way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainers.data import PreparedDomain
+from trainers.objective import BaseReference, ObjectiveConfig
+from trainers.schedules import ScheduleConfig
+
+
+class OptimizerConfig(BaseModel):
+    """AdamW settings (the LR itself comes from the schedule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not on biases and norms).")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+
+
+class LoopConfig(BaseModel):
+    """Batching, cadence and safety limits of the training loop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    total_steps: int = Field(ge=1, description="Optimizer steps of the whole run (the schedule's length).")
+    global_batch_size: int = Field(ge=1, description="Sequences per optimizer step, over all workers.")
+    micro_batch_size: int = Field(ge=1, description="Sequences per forward/backward on one worker.")
+    seq_len: int = Field(ge=2, description="Tokens per sequence.")
+    eval_every: int = Field(ge=1, description="Steps between evaluations of L_up and L_down (and reports).")
+    eval_batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
+    checkpoint_every: int = Field(ge=1, description="Steps between checkpoints (rounded up to an eval point).")
+    evaluate: bool = Field(True, description="Evaluate at report points (off only for throughput benchmarks).")
+    divergence_factor: float = Field(2.0, gt=1, description="Diverged when the loss EMA exceeds this times the first step's loss.")
+    stop_after_step: int | None = Field(None, ge=1, description="Checkpoint and stop after this many steps (to resume later).")
+    seed: int = Field(0, description="Seed of the data order and RNG.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self):
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError("global_batch_size must be a multiple of micro_batch_size")
+        return self
+
+
+class TrialConfig(BaseModel):
+    """One trial: knobs, model, data, loop; everything a worker needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str = Field(description="Local path or hub name for AutoModelForCausalLM.from_pretrained.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype; bf16 autocast is used on GPU either way.")
+    upstream: PreparedDomain
+    downstream: PreparedDomain
+    schedule: ScheduleConfig
+    replay_ratio: float = Field(ge=0, le=1, description="Share of every step's sequences drawn from upstream.")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    loop: LoopConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
+    base_reference: BaseReference | None = Field(None, description="Base model losses; measured at step 0 when absent.")
+    run_dir: Path | None = Field(None, description="Where rank 0 appends the per-step curve (curves.jsonl).")
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per worker (its CPU share).")

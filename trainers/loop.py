@@ -1,0 +1,202 @@
+"""The one training loop: continued pre-training with a re-warmed schedule and replay.
+
+It runs the same way inside a Ray Train worker (DDP, reports through Ray) and in a
+plain process (tests, benchmarks): everything outside the loop goes through a
+`Reporter`. At every report point all ranks call `reporter.report`, which is what Ray
+Train requires; only rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from trainers import distributed as dist_utils
+from trainers.checkpoint import TrainState, capture_rng, load_checkpoint, save_checkpoint
+from trainers.config import TrialConfig
+from trainers.data import load_blocks
+from trainers.evaluation import validation_loss
+from trainers.objective import BaseReference, score
+from trainers.replay import ReplayMixer
+from trainers.schedules import lr_at, warmup_steps
+
+RUNNING, COMPLETED, DIVERGED, STOPPED = "running", "completed", "diverged", "stopped"
+_EMA_ALPHA = 0.1
+DIVERGED_OBJECTIVE = -1000.0  # below any real objective (gains are a few nats at most)
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
+        """Called on every rank at each report point; `checkpoint_dir` only on rank 0."""
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, model: torch.nn.Module, device: torch.device,
+                 reporter: Reporter, resume_from: Path | None = None):
+        self.cfg, self.model, self.device, self.reporter = cfg, model, device, reporter
+        self.rank, self.world = dist_utils.rank_and_world()
+        loop = cfg.loop
+        if loop.global_batch_size % (self.world * loop.micro_batch_size):
+            raise ValueError(f"global_batch_size {loop.global_batch_size} must be a multiple of "
+                             f"workers x micro_batch_size = {self.world} x {loop.micro_batch_size}")
+        self.per_rank = loop.global_batch_size // self.world
+        self.accum = self.per_rank // loop.micro_batch_size
+        self.autocast = device.type == "cuda"
+        self.optimizer = _adamw(model, cfg)
+        self.val_up = load_blocks(cfg.upstream.val)
+        self.val_down = load_blocks(cfg.downstream.val)
+
+        torch.manual_seed(loop.seed + self.rank)
+        state = TrainState(step=0, tokens_seen=0, replay={})
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, model, self.optimizer, self.rank, device)
+        self.state = state
+        self.mixer = ReplayMixer(
+            downstream=load_blocks(cfg.downstream.train), upstream=load_blocks(cfg.upstream.train),
+            batch_size=loop.global_batch_size, ratio=cfg.replay_ratio, seed=loop.seed, state=state.replay,
+        )
+        self.base = cfg.base_reference
+        self._last_checkpoint_step = state.step
+        self._pending: list[dict] = []
+        self._reports_made = 0
+        self.first_step_time: float | None = None  # wall clock of the first finished step (overhead bench)
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> dict:
+        cfg, loop = self.cfg, self.cfg.loop
+        if self.base is None and loop.evaluate:
+            # Nobody measured the base model for us: at step 0 the model *is* the base.
+            if self.state.step != 0:
+                raise ValueError("resuming needs base_reference in the config")
+            self.base = BaseReference(**self._evaluate())
+        end = loop.total_steps if loop.stop_after_step is None else min(loop.total_steps, loop.stop_after_step)
+        status, metrics = RUNNING, {}
+        self.model.train()
+        while self.state.step < end:
+            record = self._train_step()
+            self._pending.append(record)
+            status = self._divergence_status(record["loss"])
+            step = self.state.step
+            finished = step == loop.total_steps
+            if status == DIVERGED or step % loop.eval_every == 0 or step == end:
+                if status != DIVERGED:
+                    status = COMPLETED if finished else (STOPPED if step == end else RUNNING)
+                metrics = self._report_point(status)
+                if status != RUNNING:
+                    break
+        return metrics
+
+    # ------------------------------------------------------------------ steps
+
+    def _train_step(self) -> dict:
+        cfg, loop, s = self.cfg, self.cfg.loop, self.state
+        t0 = time.perf_counter()
+        lr = lr_at(s.step, cfg.schedule, loop.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tokens, is_up = self.mixer.next_batch()
+        mine = torch.from_numpy(tokens[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]).to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_idx, micro in enumerate(mine.split(loop.micro_batch_size)):
+            # DDP all-reduces gradients only on the last micro-batch of the step.
+            last = micro_idx == self.accum - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync, torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.model(input_ids=micro, labels=micro).loss / self.accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dist_utils.all_reduce_mean(loss_sum)
+        loss_value = loss_sum.item()
+        s.step += 1
+        step_tokens = loop.global_batch_size * loop.seq_len
+        s.tokens_seen += step_tokens
+        s.replay = self.mixer.state.model_copy()
+        dt = time.perf_counter() - t0
+        if self.first_step_time is None:
+            self.first_step_time = time.time()
+        return {"step": s.step, "tokens": s.tokens_seen, "loss": loss_value, "lr": lr,
+                "grad_norm": float(grad_norm), "upstream_seqs": int(is_up.sum()),
+                "tokens_per_s": step_tokens / dt}
+
+    def _divergence_status(self, loss: float) -> str:
+        s = self.state
+        if not math.isfinite(loss):
+            return DIVERGED
+        if s.first_loss is None:
+            s.first_loss = loss
+        s.loss_ema = loss if s.loss_ema is None else (1 - _EMA_ALPHA) * s.loss_ema + _EMA_ALPHA * loss
+        return DIVERGED if s.loss_ema > self.cfg.loop.divergence_factor * s.first_loss else RUNNING
+
+    # ------------------------------------------------------------------ report points
+
+    def _evaluate(self) -> dict[str, float]:
+        bs, ac = self.cfg.loop.eval_batch_size, self.autocast
+        return {"L_up": validation_loss(self.model, self.val_up, bs, self.device, ac),
+                "L_down": validation_loss(self.model, self.val_down, bs, self.device, ac)}
+
+    def _report_point(self, status: str) -> dict:
+        cfg, s = self.cfg, self.state
+        last = self._pending[-1]
+        metrics = {
+            "step": s.step, "tokens": s.tokens_seen, "loss": last["loss"], "lr": last["lr"],
+            "grad_norm": last["grad_norm"], "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in self._pending])),
+            "status": status, "warmup_tokens": warmup_steps(cfg.schedule, cfg.loop.total_steps)
+            * cfg.loop.global_batch_size * cfg.loop.seq_len,
+        }
+        if cfg.loop.evaluate and status != DIVERGED:
+            metrics.update(score(**self._evaluate(), base=self.base, cfg=cfg.objective))
+            s.best_objective = max(metrics["objective"], s.best_objective if s.best_objective is not None else -math.inf)
+            metrics["best_objective"] = s.best_objective
+        if status == DIVERGED:
+            # A finite floor (not -inf) so that Optuna, ASHA and MLflow can all store it.
+            metrics["objective"] = DIVERGED_OBJECTIVE
+
+        # All ranks must take part in gathering RNG states; only rank 0 writes.
+        want_checkpoint = status in (COMPLETED, STOPPED) or (
+            status == RUNNING and s.step - self._last_checkpoint_step >= cfg.loop.checkpoint_every)
+        checkpoint_dir = None
+        if want_checkpoint:
+            rng_states = dist_utils.gather_objects(capture_rng())
+            if self.rank == 0:
+                checkpoint_dir = Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
+                save_checkpoint(checkpoint_dir, self.model, self.optimizer, s, rng_states)
+            self._last_checkpoint_step = s.step
+        if self._reports_made == 0 and self.first_step_time is not None:
+            metrics["time/first_step"] = self.first_step_time  # for the overhead breakdown
+        self._reports_made += 1
+        steps, self._pending = self._pending, []
+        self.reporter.report(metrics, steps, checkpoint_dir)
+        return metrics
+
+
+def _adamw(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norms are not decayed)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    o = cfg.optimizer
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.schedule.max_lr, betas=(o.beta1, o.beta2), eps=o.eps,
+        foreach=None,
+    )
+
+
+def load_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
+    return model.to(device)

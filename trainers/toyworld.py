@@ -1,0 +1,319 @@
+"""The embedded toy world: two text domains, a tokenizer and a tiny GPT-NeoX base model.
+
+Everything is generated offline and deterministically from a seed, written once into a
+cache directory and then loaded through exactly the paths a hub model and hub data
+would take (`AutoTokenizer.from_pretrained`, `AutoModelForCausalLM.from_pretrained`,
+`datasets.load_dataset("json", ...)`). Nothing here touches the network.
+
+The two domains are "languages" with topics: every document picks a topic, and each
+topic has its own sparse word-to-word transition table with Zipfian weights. The
+downstream language is derived from the upstream one with a shift strength `s`:
+each word is replaced by a new, longer word with probability `s`, and each transition row is redrawn with probability `s`. `s=0`
+gives the same distribution (re-warming on the same data), `s~0.3` a weak shift
+(Pile -> SlimPajama-like), `s~0.9` a strong one (mostly new words, which the upstream
+tokenizer splits into more pieces, and a new grammar).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+UPSTREAM = "upstream"
+DOWNSTREAM = "downstream"
+TOY = "toy"  # the name a spec uses for the embedded base model
+TOY_DATA_PREFIX = "toy:"  # "toy:upstream" / "toy:downstream" in a spec's data section
+
+_UP_CONSONANTS = list("bdfgklmnprstv")
+_UP_VOWELS = list("aeiou")
+# Downstream words use the same letters and syllables but are new, longer words (2-4
+# syllables instead of 1-3): the tokenizer covers them, as an English tokenizer covers a
+# new English domain, yet the base model has never seen them.
+_UP_SYLLABLES = (1, 4)
+_DOWN_SYLLABLES = (2, 5)
+
+
+class ToyWorldConfig(BaseModel):
+    """How the embedded toy world is generated. Any change gives a new cache entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(0, description="Seed for corpus, tokenizer and base-model pre-training.")
+    shift: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Distribution shift strength between upstream and downstream (0 = same data, 1 = disjoint language).",
+    )
+    vocab_words: int = Field(300, ge=20, description="Words per domain lexicon.")
+    topics: int = Field(6, ge=1, description="Topics per domain; a document uses one.")
+    successors: int = Field(5, ge=1, description="Non-zero transitions per word and topic.")
+    documents: int = Field(6000, ge=100, description="Documents generated per domain.")
+    tokenizer_vocab: int = Field(512, ge=300, description="BPE vocabulary size, trained on upstream only.")
+    hidden_size: int = Field(96, ge=16, description="Base model width.")
+    layers: int = Field(3, ge=1, description="Base model depth.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    max_positions: int = Field(256, ge=16, description="Maximum sequence length of the base model.")
+    pretrain_steps: int = Field(600, ge=1, description="Upstream pre-training steps of the base model.")
+    pretrain_lr: float = Field(3e-3, gt=0, description="Peak LR of the base model's own pre-training.")
+    pretrain_seq_len: int = Field(128, ge=8, description="Sequence length of base-model pre-training.")
+    pretrain_batch: int = Field(16, ge=1, description="Sequences per base-model pre-training step.")
+
+    def fingerprint(self) -> str:
+        payload = json.dumps(self.model_dump(), sort_keys=True) + _GENERATOR_VERSION
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# Bump when the generator changes in a way that alters its output.
+_GENERATOR_VERSION = "v1"
+
+
+class ToyWorldPaths(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Path
+    model: Path
+    tokenizer: Path
+    upstream: Path
+    downstream: Path
+
+    def data_path(self, domain: str) -> Path:
+        return {UPSTREAM: self.upstream, DOWNSTREAM: self.downstream}[domain]
+
+
+def default_cache_dir() -> Path:
+    """`$REWARM_CACHE_DIR`, else `~/.cache/rewarm` (shared by all runs on a machine)."""
+    env = os.environ.get("REWARM_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "rewarm"
+
+
+def toy_world_paths(cfg: ToyWorldConfig, cache_dir: Path | None = None) -> ToyWorldPaths:
+    root = (cache_dir or default_cache_dir()) / "toyworld" / cfg.fingerprint()
+    return ToyWorldPaths(
+        root=root,
+        model=root / "base_model",
+        tokenizer=root / "base_model",  # saved beside the model, as on the hub
+        upstream=root / "data" / "upstream.jsonl",
+        downstream=root / "data" / "downstream.jsonl",
+    )
+
+
+def ensure_toy_world(cfg: ToyWorldConfig, cache_dir: Path | None = None, log=print) -> ToyWorldPaths:
+    """Build the toy world into the cache on first use; afterwards just return its paths.
+
+    A file lock makes concurrent callers (parallel tests, sweep drivers) wait for one
+    builder; the build goes to a temporary directory renamed into place, so a killed
+    build never leaves a half-made world that looks complete.
+    """
+    paths = toy_world_paths(cfg, cache_dir)
+    done_marker = paths.root / "COMPLETE"
+    if done_marker.exists():
+        return paths
+    paths.root.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(paths.root.parent / f".{paths.root.name}.lock"):
+        if done_marker.exists():
+            return paths
+        tmp = Path(tempfile.mkdtemp(dir=paths.root.parent, prefix=f".{paths.root.name}-build-"))
+        try:
+            tmp_paths = _relocate(paths, tmp)  # same layout, under the temporary root
+            t0 = time.time()
+            _write_corpus(cfg, tmp_paths)
+            _train_tokenizer(cfg, tmp_paths)
+            _pretrain_base_model(cfg, tmp_paths, log=log)
+            (tmp / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
+            (tmp / "COMPLETE").write_text(f"built in {time.time() - t0:.1f}s\n")
+            if paths.root.exists():
+                shutil.rmtree(paths.root)
+            os.replace(tmp, paths.root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def _relocate(paths: ToyWorldPaths, new_root: Path) -> ToyWorldPaths:
+    return ToyWorldPaths(
+        root=new_root,
+        **{k: new_root / Path(v).relative_to(paths.root)
+           for k, v in paths.model_dump().items() if k != "root"},
+    )
+
+
+@contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+class _Language:
+    """A topic-conditioned first-order Markov language over a word lexicon."""
+
+    def __init__(self, words: list[str], succ: np.ndarray, weights: np.ndarray, starts: np.ndarray):
+        self.words = words  # [V]
+        self.succ = succ  # [T, V, K] successor word ids
+        self.weights = weights  # [K] Zipf weights shared by all rows
+        self.starts = starts  # [T, S] sentence-start word ids
+
+    def document(self, rng: np.random.Generator) -> str:
+        topic = rng.integers(self.succ.shape[0])
+        sentences = []
+        for _ in range(rng.integers(3, 8)):
+            w = self.starts[topic, rng.integers(self.starts.shape[1])]
+            out = [self.words[w]]
+            for _ in range(rng.integers(4, 12)):
+                w = self.succ[topic, w, rng.choice(self.succ.shape[2], p=self.weights)]
+                out.append(self.words[w])
+            sentences.append(" ".join(out) + " .")
+        return " ".join(sentences)
+
+
+def _make_word(rng: np.random.Generator, syllables: tuple[int, int]) -> str:
+    return "".join(_UP_CONSONANTS[rng.integers(len(_UP_CONSONANTS))] + _UP_VOWELS[rng.integers(len(_UP_VOWELS))]
+                   for _ in range(rng.integers(*syllables)))
+
+
+def _lexicon(rng, n, syllables: tuple[int, int], taken: set[str]) -> list[str]:
+    words: list[str] = []
+    while len(words) < n:
+        w = _make_word(rng, syllables)
+        if w not in taken:
+            taken.add(w)
+            words.append(w)
+    return words
+
+
+def build_languages(cfg: ToyWorldConfig) -> tuple[_Language, _Language]:
+    rng = np.random.default_rng([cfg.seed, 1])
+    V, T, K = cfg.vocab_words, cfg.topics, cfg.successors
+    taken: set[str] = set()
+    up_words = _lexicon(rng, V, _UP_SYLLABLES, taken)
+    weights = 1.0 / np.arange(1, K + 1)
+    weights /= weights.sum()
+    up_succ = rng.integers(V, size=(T, V, K))
+    up_starts = rng.integers(V, size=(T, 8))
+    upstream = _Language(up_words, up_succ, weights, up_starts)
+
+    # Downstream: same structure, each word / transition row redrawn with prob `shift`.
+    s = cfg.shift
+    new_words = _lexicon(rng, V, _DOWN_SYLLABLES, taken)
+    swap_word = rng.random(V) < s
+    down_words = [new if swap else old for old, new, swap in zip(up_words, new_words, swap_word)]
+    redraw = rng.random((T, V)) < s
+    down_succ = np.where(redraw[..., None], rng.integers(V, size=(T, V, K)), up_succ)
+    down_starts = np.where(rng.random((T, 8)) < s, rng.integers(V, size=(T, 8)), up_starts)
+    downstream = _Language(down_words, down_succ, weights, down_starts)
+    return upstream, downstream
+
+
+def _write_corpus(cfg: ToyWorldConfig, paths: ToyWorldPaths) -> None:
+    upstream, downstream = build_languages(cfg)
+    paths.upstream.parent.mkdir(parents=True, exist_ok=True)
+    for domain, lang, path in ((UPSTREAM, upstream, paths.upstream), (DOWNSTREAM, downstream, paths.downstream)):
+        rng = np.random.default_rng([cfg.seed, 2, 0 if domain == UPSTREAM else 1])
+        with open(path, "w") as fh:
+            for i in range(cfg.documents):
+                fh.write(json.dumps({"id": f"{domain}-{i}", "text": lang.document(rng)}) + "\n")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _train_tokenizer(cfg: ToyWorldConfig, paths: ToyWorldPaths) -> None:
+    """Byte-level BPE trained on upstream only, like a base model's own tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.tokenizer_vocab,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def texts():
+        with open(paths.upstream) as fh:
+            for line in fh:
+                yield json.loads(line)["text"]
+
+    tok.train_from_iterator(texts(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+        model_max_length=cfg.max_positions,
+    )
+    fast.save_pretrained(paths.tokenizer)
+
+
+# --------------------------------------------------------------------------- base model
+
+
+def _pretrain_base_model(cfg: ToyWorldConfig, paths: ToyWorldPaths, log=print) -> None:
+    """Pre-train a tiny GPT-NeoX (Pythia architecture) on upstream, then `save_pretrained`.
+
+    Uses its own short loop on purpose: this stands in for the months of pre-training
+    behind a hub checkpoint, not for a Rewarm run.
+    """
+    import math
+
+    import torch
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from trainers.data import pack_token_stream, tokenize_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
+    with open(paths.upstream) as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    blocks = pack_token_stream(tokenize_texts(tokenizer, texts), cfg.pretrain_seq_len)
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, intermediate_size=4 * cfg.hidden_size,
+        max_position_embeddings=cfg.max_positions, rotary_pct=0.25, use_parallel_residual=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False, attention_dropout=0.0, hidden_dropout=0.0,
+    )
+    model = GPTNeoXForCausalLM(model_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    warm = max(1, cfg.pretrain_steps // 20)
+    data = torch.from_numpy(blocks.astype(np.int64))
+    t0 = time.time()
+    for step in range(cfg.pretrain_steps):
+        # The base model's own schedule: warmup then cosine to 10%, as Pythia's was.
+        if step < warm:
+            lr = cfg.pretrain_lr * (step + 1) / warm
+        else:
+            p = (step - warm) / max(1, cfg.pretrain_steps - warm)
+            lr = cfg.pretrain_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * p)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(data), (cfg.pretrain_batch,), generator=gen)
+        batch = data[idx]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == cfg.pretrain_steps - 1:
+            log(f"[toyworld] base-model pre-training step {step}/{cfg.pretrain_steps} "
+                f"loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+    model.save_pretrained(paths.model, safe_serialization=True)

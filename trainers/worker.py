@@ -1,0 +1,93 @@
+"""The Ray Train worker entry point: load the model, resume if Ray has a checkpoint, run the loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from trainers.config import TrialConfig
+from trainers.loop import Trainer, load_model
+
+CURVES_FILE = "curves.jsonl"
+
+
+class CurveLog:
+    """Per-step records appended by rank 0 as JSON lines in the run directory.
+
+    On resume, records past the checkpoint's step are dropped first: they were trained
+    after the checkpoint by the attempt that died and will be trained again, so the
+    file ends up exactly as an uninterrupted run's.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)
+
+    def append(self, records: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+class RayReporter:
+    """Sends report points to Ray Train (metrics from every rank, checkpoint from rank 0)."""
+
+    def __init__(self, rank: int, curve_log: CurveLog | None, timings: dict[str, float]):
+        self.rank, self.curve_log, self.timings = rank, curve_log, timings
+        self._first = True
+
+    def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        if self.rank == 0 and self.curve_log is not None:
+            self.curve_log.append(steps)
+        if self._first:  # timestamps for the overhead breakdown, once per attempt
+            metrics = {**metrics, **{f"time/{k}": v for k, v in self.timings.items()}}
+            self._first = False
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is not None:  # uploaded synchronously; the local copy is spent
+            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+
+
+def train_worker(config: dict) -> None:
+    """`train_loop_per_worker` of the TorchTrainer: config = {"trial": TrialConfig as JSON}."""
+    import ray.train
+    import ray.train.torch
+
+    timings = {"worker_start": time.time()}
+    cfg = TrialConfig.model_validate(config["trial"])
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    model = load_model(cfg, device)
+    model = ray.train.torch.prepare_model(model)
+    timings["model_loaded"] = time.time()
+
+    curve_log = CurveLog(cfg.run_dir / CURVES_FILE) if cfg.run_dir else None
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
+        trainer = Trainer(cfg, model, device, RayReporter(rank, curve_log, timings),
+                          resume_from=Path(ckpt_dir) if ckpt_dir else None)
+    if rank == 0 and curve_log is not None:
+        curve_log.truncate_after(trainer.state.step)
+    timings["resumed_from_step"] = float(trainer.state.step)
+    trainer.run()
