@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sweeps.resolve import resolve, trial_config
 from sweeps.spec import SpecError, SweepSpec
-from trainers.worker import CURVES_FILE
+from trainers.worker import ATTEMPTS_FILE, CURVES_FILE, REPORTS_FILE, CurveLog
 
 
 class RunFailed(RuntimeError):
@@ -34,7 +34,7 @@ class RunOutcome:
 
 def train_torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, callbacks=()):
     """The TorchTrainer of one trial (shared by `rewarm train` and the sweep's trials)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from trainers.worker import train_worker
@@ -49,7 +49,9 @@ def train_torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: st
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=run_name, storage_path=storage, callbacks=list(callbacks),
-                             failure_config=FailureConfig(max_failures=res.max_failures)),
+                             failure_config=FailureConfig(max_failures=res.max_failures),
+                             # the latest to resume from, and the one before in case it is corrupt
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
 
 
@@ -74,7 +76,7 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     timings = {"start": time.time()}
     resolved = resolve(spec, log=log)
     timings["resolved"] = time.time()
-    run_name = run_name or f"{spec.name}-run"
+    run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = spec.storage_dir()
     run_dir = Path(storage) / run_name
     _check_storage_writable(storage)
@@ -92,13 +94,16 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     trainer = train_torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage)
     timings["fit_start"] = time.time()
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; the root cause is what the user needs
         raise RunFailed(f"run {run_name} failed: {_root_cause(exc)}") from exc
     timings["end"] = time.time()
-    metrics = dict(result.metrics or {})
-    for key in [k for k in metrics if k.startswith("time/")]:
-        timings[key.removeprefix("time/")] = metrics.pop(key)
+    reports = CurveLog(run_dir / REPORTS_FILE).read()
+    metrics = {k: v for k, v in (reports[-1] if reports else {}).items() if not k.startswith("time/")}
+    attempts = _read_attempts(run_dir)
+    if attempts:
+        timings.update({k: v for k, v in attempts[-1].items() if v is not None})
+        timings["attempts"] = len(attempts)
     outcome = RunOutcome(run_dir=run_dir, metrics=metrics, timings=timings)
     (run_dir / "summary.json").write_text(json.dumps(
         {"knobs": knobs, "metrics": metrics, "timings": timings,
@@ -107,9 +112,12 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
 
 
 def read_curve(run_dir: Path) -> list[dict]:
-    from trainers.worker import CurveLog
-
     return CurveLog(Path(run_dir) / CURVES_FILE).read()
+
+
+def _read_attempts(run_dir: Path) -> list[dict]:
+    path = run_dir / ATTEMPTS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
 def _check_storage_writable(storage: str) -> None:

@@ -46,6 +46,7 @@ class TrainState(BaseModel):
     first_loss: float | None = None  # divergence detection compares against this
     loss_ema: float | None = None
     best_objective: float | None = None
+    config_fingerprint: str = ""  # a checkpoint only resumes the run configuration that wrote it
 
 
 def capture_rng() -> dict:

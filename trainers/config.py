@@ -7,6 +7,8 @@ nothing else, and nothing in `trainers/` imports from `sweeps/` (data flows one 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -70,3 +72,13 @@ class TrialConfig(BaseModel):
     base_reference: BaseReference | None = Field(None, description="Base model losses; measured at step 0 when absent.")
     run_dir: Path | None = Field(None, description="Where rank 0 appends the per-step curve (curves.jsonl).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per worker (its CPU share).")
+
+    def fingerprint(self) -> str:
+        """Identity of the training trajectory: what a checkpoint may be resumed with.
+
+        Excludes where things are written and when the run pauses, which may differ
+        between the attempts of one run.
+        """
+        trajectory = self.model_dump(mode="json", exclude={"run_dir", "torch_threads"})
+        trajectory["loop"].pop("stop_after_step")
+        return hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:16]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trainers import distributed as dist_utils
-from trainers.checkpoint import TrainState, capture_rng, load_checkpoint, save_checkpoint
+from trainers.checkpoint import CheckpointError, TrainState, capture_rng, load_checkpoint, save_checkpoint
 from trainers.config import TrialConfig
 from trainers.data import load_blocks
 from trainers.evaluation import validation_loss
@@ -54,9 +54,13 @@ class Trainer:
         self.val_down = load_blocks(cfg.downstream.val)
 
         torch.manual_seed(loop.seed + self.rank)
-        state = TrainState(step=0, tokens_seen=0, replay={})
+        state = TrainState(step=0, tokens_seen=0, replay={}, config_fingerprint=cfg.fingerprint())
         if resume_from is not None:
             state = load_checkpoint(resume_from, model, self.optimizer, self.rank, device)
+            if state.config_fingerprint != cfg.fingerprint():
+                raise CheckpointError(
+                    f"checkpoint {resume_from} belongs to a run with a different configuration; "
+                    "resume with the same spec and knobs, or start a new run name")
         self.state = state
         self.mixer = ReplayMixer(
             downstream=load_blocks(cfg.downstream.train), upstream=load_blocks(cfg.upstream.train),
@@ -80,6 +84,9 @@ class Trainer:
         end = loop.total_steps if loop.stop_after_step is None else min(loop.total_steps, loop.stop_after_step)
         status, metrics = RUNNING, {}
         self.model.train()
+        if self.state.step >= end:  # resumed from a run that had already reached its end
+            finished = self.state.step >= loop.total_steps
+            return self._report_point(COMPLETED if finished else STOPPED)
         while self.state.step < end:
             record = self._train_step()
             self._pending.append(record)
@@ -147,11 +154,13 @@ class Trainer:
 
     def _report_point(self, status: str) -> dict:
         cfg, s = self.cfg, self.state
-        last = self._pending[-1]
+        last = self._pending[-1] if self._pending else {
+            "loss": s.loss_ema, "lr": lr_at(s.step - 1, cfg.schedule, cfg.loop.total_steps), "grad_norm": 0.0}
         metrics = {
             "step": s.step, "tokens": s.tokens_seen, "loss": last["loss"], "lr": last["lr"],
-            "grad_norm": last["grad_norm"], "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in self._pending])),
-            "status": status, "warmup_tokens": warmup_steps(cfg.schedule, cfg.loop.total_steps)
+            "grad_norm": last["grad_norm"],
+            "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in self._pending])) if self._pending else 0.0,
+            "status": status, "world_size": self.world, "warmup_tokens": warmup_steps(cfg.schedule, cfg.loop.total_steps)
             * cfg.loop.global_batch_size * cfg.loop.seq_len,
         }
         if cfg.loop.evaluate and status != DIVERGED:
@@ -163,8 +172,9 @@ class Trainer:
             metrics["objective"] = DIVERGED_OBJECTIVE
 
         # All ranks must take part in gathering RNG states; only rank 0 writes.
-        want_checkpoint = status in (COMPLETED, STOPPED) or (
-            status == RUNNING and s.step - self._last_checkpoint_step >= cfg.loop.checkpoint_every)
+        since = s.step - self._last_checkpoint_step
+        want_checkpoint = since > 0 and (status in (COMPLETED, STOPPED)
+                                         or (status == RUNNING and since >= cfg.loop.checkpoint_every))
         checkpoint_dir = None
         if want_checkpoint:
             rng_states = dist_utils.gather_objects(capture_rng())

@@ -73,7 +73,7 @@ class ToyWorldConfig(BaseModel):
 
 
 # Bump when the generator changes in a way that alters its output.
-_GENERATOR_VERSION = "v1"
+_GENERATOR_VERSION = "v2"
 
 
 class ToyWorldPaths(BaseModel):

@@ -14,10 +14,13 @@ from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 
 CURVES_FILE = "curves.jsonl"
+REPORTS_FILE = "reports.jsonl"
+ATTEMPTS_FILE = "attempts.jsonl"
 
 
 class CurveLog:
-    """Per-step records appended by rank 0 as JSON lines in the run directory.
+    """Records appended by rank 0 as JSON lines in the run directory (one file per kind:
+    per-step training records, and report-point metrics).
 
     On resume, records past the checkpoint's step are dropped first: they were trained
     after the checkpoint by the attempt that died and will be trained again, so the
@@ -49,18 +52,30 @@ class CurveLog:
 class RayReporter:
     """Sends report points to Ray Train (metrics from every rank, checkpoint from rank 0)."""
 
-    def __init__(self, rank: int, curve_log: CurveLog | None, timings: dict[str, float]):
-        self.rank, self.curve_log, self.timings = rank, curve_log, timings
+    def __init__(self, rank: int, run_dir: Path | None, timings: dict[str, float]):
+        self.rank, self.timings = rank, timings
+        self.curve_log = CurveLog(run_dir / CURVES_FILE) if run_dir else None
+        self.report_log = CurveLog(run_dir / REPORTS_FILE) if run_dir else None
         self._first = True
+
+    def truncate_after(self, step: int) -> None:
+        if self.rank == 0 and self.curve_log is not None:
+            self.curve_log.truncate_after(step)
+            self.report_log.truncate_after(step)
 
     def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
         import ray.train
 
         if self.rank == 0 and self.curve_log is not None:
             self.curve_log.append(steps)
-        if self._first:  # timestamps for the overhead breakdown, once per attempt
-            metrics = {**metrics, **{f"time/{k}": v for k, v in self.timings.items()}}
-            self._first = False
+            # Ray keeps only checkpointed metrics in its Result; the driver reads these.
+            self.report_log.append([metrics])
+        if self._first and self.rank == 0 and self.curve_log is not None:
+            # One line per attempt (first start, each retry or resume): overhead breakdown.
+            self.timings["first_step"] = metrics.get("time/first_step")
+            with open(self.curve_log.path.with_name(ATTEMPTS_FILE), "a") as fh:
+                fh.write(json.dumps(self.timings) + "\n")
+        self._first = False
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir is not None:  # uploaded synchronously; the local copy is spent
@@ -82,12 +97,10 @@ def train_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     timings["model_loaded"] = time.time()
 
-    curve_log = CurveLog(cfg.run_dir / CURVES_FILE) if cfg.run_dir else None
+    reporter = RayReporter(rank, cfg.run_dir, timings)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
-        trainer = Trainer(cfg, model, device, RayReporter(rank, curve_log, timings),
-                          resume_from=Path(ckpt_dir) if ckpt_dir else None)
-    if rank == 0 and curve_log is not None:
-        curve_log.truncate_after(trainer.state.step)
+        trainer = Trainer(cfg, model, device, reporter, resume_from=Path(ckpt_dir) if ckpt_dir else None)
+    reporter.truncate_after(trainer.state.step)
     timings["resumed_from_step"] = float(trainer.state.step)
     trainer.run()

@@ -1,0 +1,74 @@
+"""Shared fixtures: the toy world is built once into the normal cache and reused."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY_TEST_CPUS = 2
+
+
+@pytest.fixture(scope="session")
+def toy_world():
+    from trainers.toyworld import ToyWorldConfig, ensure_toy_world
+
+    return ensure_toy_world(ToyWorldConfig())
+
+
+@pytest.fixture(scope="session")
+def rewarm_bin():
+    return str(Path(sys.executable).with_name("rewarm"))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray cluster per test module (starting Ray costs seconds)."""
+    import ray
+
+    from sweeps.ray_cluster import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray()
+    yield ray
+    ray.shutdown()
+
+
+SMALL_RUN = {
+    "name": "small",
+    "data": {"seq_len": 64, "val_sequences": 16},
+    "training": {"global_batch_size": 8, "micro_batch_size": 4, "eval_every_tokens": 2048,
+                 "checkpoint_every_tokens": 2048, "eval_batch_size": 16},
+    "search_space": {"params": {"max_lr": 3e-3, "warmup_frac": 0.1, "replay_ratio": 0.25, "schedule": "cosine"}},
+    "budget": {"tokens_per_trial": 512 * 24},  # 24 steps of 8 x 64 tokens
+}
+
+
+def small_spec(tmp_path=None, **sections):
+    """A tiny single-run spec on the default toy world; `sections` are deep-merged in."""
+    import copy
+
+    from sweeps.spec import validate_spec
+
+    raw = copy.deepcopy(SMALL_RUN)
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            node = raw.setdefault(key, {})
+            for k, v in value.items():
+                if isinstance(v, dict) and isinstance(node.get(k), dict):
+                    node[k] = {**node[k], **v}
+                else:
+                    node[k] = v
+        else:
+            raw[key] = value
+    if tmp_path is not None:
+        raw.setdefault("storage_path", str(tmp_path / "runs"))
+    return validate_spec(raw)
+
+
+@pytest.fixture(scope="session")
+def resolved_small(toy_world):
+    from sweeps.resolve import resolve
+
+    return resolve(small_spec())
