@@ -89,6 +89,9 @@ def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain
     from trainers.data import load_blocks
     from trainers.evaluation import validation_loss
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
     autocast = device.type == "cuda"

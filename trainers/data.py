@@ -52,6 +52,7 @@ def load_texts(source: DataSource) -> list[str]:
     """Read the text column of a source through `datasets.load_dataset`."""
     import datasets
 
+    datasets.disable_progress_bars()
     local = Path(source.path).expanduser()
     if local.exists():
         files = sorted(p for p in local.rglob("*") if p.suffix in _LOCAL_BUILDERS) if local.is_dir() else [local]
@@ -93,7 +94,8 @@ def tokenize_texts(tokenizer, texts: list[str]) -> np.ndarray:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer has no eos_token_id; documents could not be separated when packing")
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # verbose=False: documents longer than the model's context are expected, packing cuts them.
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     dtype = np.uint16 if len(tokenizer) < 2**16 else np.uint32
     return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=dtype)
 

@@ -134,7 +134,7 @@ class Trainer:
             self.first_step_time = time.time()
         return {"step": s.step, "tokens": s.tokens_seen, "loss": loss_value, "lr": lr,
                 "grad_norm": float(grad_norm), "upstream_seqs": int(is_up.sum()),
-                "tokens_per_s": step_tokens / dt}
+                "tokens_per_s": step_tokens / dt, "time": time.time()}
 
     def _divergence_status(self, loss: float) -> str:
         s = self.state
@@ -206,7 +206,9 @@ def _adamw(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:
 
 def load_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per worker per trial drowns the sweep's own output
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
     return model.to(device)
