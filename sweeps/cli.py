@@ -34,6 +34,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="run name under the storage path; an existing run of that name is resumed")
     p.add_argument("--stop-after-steps", type=int, metavar="K", help="checkpoint and stop after K steps (resume later with the same --run-name)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+
+    p = sub.add_parser("sweep", help="run a sweep: Ray Tune + Optuna over the spec's search space")
+    _add_spec_args(p)
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep (searcher history, trials and MLflow runs kept)")
+    p.add_argument("sweep", help="sweep name (under --storage-path) or its directory")
+    p.add_argument("--storage-path", default="rewarm_runs", help="where the sweep was stored (default: rewarm_runs)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+
+    p = sub.add_parser("best", help="rank a sweep's configs from MLflow (no Ray needed)")
+    p.add_argument("--sweep", required=True, help="sweep name")
+    p.add_argument("--top", type=int, default=5, help="how many configs to show (default 5)")
+    p.add_argument("--max-forgetting", type=float, metavar="E", help="only configs whose forgetting is <= E nats/token")
+    p.add_argument("--pareto", action="store_true", help="only the gain/forgetting Pareto front")
+    p.add_argument("--format", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("--export", metavar="FILE", help="write a spec with the best config fixed (for `rewarm train FILE`)")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--experiment", help="MLflow experiment (default: search all)")
+
+    p = sub.add_parser("ui", help="print (or run) the MLflow UI command for the sweep's store")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--run", action="store_true", help="start the UI instead of printing the command")
     return parser
 
 
@@ -57,19 +81,38 @@ def _classify(exc: Exception) -> tuple[int | None, str]:
     from sweeps.spec import SpecError
     from sweeps.train_run import RunFailed
     from trainers.checkpoint import CheckpointError
+    from sweeps.best import SweepNotFound
+    from sweeps.tracking import TrackingError
     from trainers.data import DataError
 
-    if isinstance(exc, (SpecError, ResolveError, DataError, CheckpointError)):
+    if isinstance(exc, (SpecError, ResolveError, DataError, CheckpointError, TrackingError, SweepNotFound,
+                        SpecErrorLike)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, RunFailed):
         return EXIT_RUN_FAILED, str(exc)
     return None, str(exc)
 
 
+def _default_uri(explicit: str | None) -> str:
+    from pathlib import Path
+
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
 def _dispatch(args) -> int:
     from sweeps.spec import load_spec
 
+    if args.command == "best":
+        return _best(args)
+    if args.command == "ui":
+        return _ui(args)
+    if args.command == "resume":
+        from sweeps.tune_driver import load_sweep_spec
+
+        return _sweep(load_sweep_spec(args.sweep, args.storage_path), args, resume=True)
     spec = load_spec(args.spec, args.overrides)
+    if args.command == "sweep":
+        return _sweep(spec, args, resume=False)
     if args.command == "validate":
         knobs = spec.knob_params()
         print(f"{args.spec}: ok - sweep {spec.name!r}, {spec.budget.num_trials} trials x "
@@ -96,6 +139,63 @@ def _train(spec, args) -> int:
     print(line)
     print(f"[rewarm] curves and summary in {outcome.run_dir}")
     return 0
+
+
+def _sweep(spec, args, resume: bool) -> int:
+    from sweeps.best import rank, render
+    from sweeps.tune_driver import run_sweep
+
+    outcome = run_sweep(spec, address=args.address, resume=resume)
+    trials = [{"trial_id": t["trial_id"], "status": t["status"], **t["knobs"], **t["metrics"]} for t in outcome.trials]
+    print(f"[rewarm] sweep {spec.name} done: {len(trials)} trials "
+          f"({sum(t['status'] == 'completed' for t in trials)} completed, "
+          f"{sum(t['status'] == 'early_stopped' for t in trials)} stopped early, "
+          f"{sum(t['status'] == 'diverged' for t in trials)} diverged, "
+          f"{sum(t['status'] == 'failed' for t in trials)} failed)")
+    print(render(rank(trials, top=5), "table"))
+    print(f"[rewarm] MLflow: parent run {outcome.parent_run_id} in experiment {spec.tracking.experiment!r} at "
+          f"{spec.tracking_uri()}")
+    print(f"[rewarm] rank again any time: rewarm best --sweep {spec.name} | browse: rewarm ui")
+    return 0
+
+
+def _best(args) -> int:
+    from pathlib import Path
+
+    from sweeps.best import export_spec, load_sweep, open_client, rank, render
+
+    client = open_client(_default_uri(args.tracking_uri))
+    parent, trials = load_sweep(client, args.sweep, args.experiment)
+    rows = rank(trials, top=args.top, max_forgetting=args.max_forgetting, pareto=args.pareto)
+    print(render(rows, args.format))
+    if args.export:
+        if not rows:
+            raise SpecErrorLike("nothing to export: no trial passes the filters")
+        export_spec(client, parent, rows[0], Path(args.export))
+        print(f"[rewarm] wrote {args.export}: rerun with `rewarm train {args.export}`", file=sys.stderr)
+    return 0
+
+
+def _ui(args) -> int:
+    import shlex
+    from pathlib import Path
+
+    uri = _default_uri(args.tracking_uri)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(args.port)]
+    if uri.startswith("sqlite:///"):
+        from sweeps.tracking import default_artifact_location
+
+        cmd += ["--default-artifact-root", default_artifact_location(uri)]
+    if not args.run:
+        print(shlex.join(cmd))
+        return 0
+    os.execv(cmd[0], cmd)
+    return 0
+
+
+class SpecErrorLike(ValueError):
+    """A user error found outside spec loading (reported like a spec error)."""
 
 
 if __name__ == "__main__":

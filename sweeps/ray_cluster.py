@@ -10,13 +10,16 @@ import os
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 # Train V2 is the default in Ray 2.60; say so explicitly so an older default cannot flip it.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def init_ray(address: str | None = None, quiet: bool = True) -> dict:
+def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 64) -> dict:
     """Start or join Ray. Returns the cluster's resources.
 
     `address` (or RAY_ADDRESS) joins an existing cluster; otherwise a local one starts
-    with the dashboard bound to 127.0.0.1 only.
+    with the dashboard bound to 127.0.0.1 only and `trial_slots` units of the custom
+    resource that sweep trial drivers use.
     """
     import ray
 
@@ -27,5 +30,6 @@ def init_ray(address: str | None = None, quiet: bool = True) -> dict:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(dashboard_host="127.0.0.1", **kwargs)
+        # Trial drivers ask for this custom resource instead of a CPU (DESIGN.md).
+        ray.init(dashboard_host="127.0.0.1", resources={"rewarm_trial_slot": trial_slots}, **kwargs)
     return ray.cluster_resources()

@@ -45,6 +45,7 @@ class LoopConfig(BaseModel):
     checkpoint_every: int = Field(ge=1, description="Steps between checkpoints (rounded up to an eval point).")
     evaluate: bool = Field(True, description="Evaluate at report points (off only for throughput benchmarks).")
     divergence_factor: float = Field(2.0, gt=1, description="Diverged when the loss EMA exceeds this times the first step's loss.")
+    save_best: bool = Field(True, description="Rank 0 keeps the weights of the best eval so far in run_dir/best_model.")
     stop_after_step: int | None = Field(None, ge=1, description="Checkpoint and stop after this many steps (to resume later).")
     seed: int = Field(0, description="Seed of the data order and RNG.")
 

@@ -9,7 +9,9 @@ Train requires; only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from trainers.replay import ReplayMixer
 from trainers.schedules import lr_at, warmup_steps
 
 RUNNING, COMPLETED, DIVERGED, STOPPED = "running", "completed", "diverged", "stopped"
+BEST_MODEL_DIR = "best_model"
 _EMA_ALPHA = 0.1
 DIVERGED_OBJECTIVE = -1000.0  # below any real objective (gains are a few nats at most)
 
@@ -165,7 +168,10 @@ class Trainer:
         }
         if cfg.loop.evaluate and status != DIVERGED:
             metrics.update(score(**self._evaluate(), base=self.base, cfg=cfg.objective))
-            s.best_objective = max(metrics["objective"], s.best_objective if s.best_objective is not None else -math.inf)
+            if s.best_objective is None or metrics["objective"] > s.best_objective:
+                s.best_objective = metrics["objective"]
+                if cfg.loop.save_best and cfg.run_dir is not None and self.rank == 0:
+                    self._save_best_model(cfg.run_dir / BEST_MODEL_DIR)
             metrics["best_objective"] = s.best_objective
         if status == DIVERGED:
             # A finite floor (not -inf) so that Optuna, ASHA and MLflow can all store it.
@@ -188,6 +194,19 @@ class Trainer:
         steps, self._pending = self._pending, []
         self.reporter.report(metrics, steps, checkpoint_dir)
         return metrics
+
+
+    def _save_best_model(self, directory: Path) -> None:
+        """Weights of the best eval so far, loadable with `from_pretrained` (atomic replace)."""
+        import shutil
+
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        tmp = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "rewarm_best.json").write_text(json.dumps({"step": self.state.step, "objective": self.state.best_objective}))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
 
 
 def _adamw(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:

@@ -1,0 +1,225 @@
+"""MLflow, owned by Rewarm: one parent run per sweep, one nested child run per trial.
+
+All MLflow calls happen in the sweep driver (never in Train workers), so retries and
+resumes cannot create duplicate runs: a trial's child run is found again by its tags
+(`rewarm.sweep`, `rewarm.trial_id`) and continued. Curves are logged with `log_batch`
+(one call per report point, not one per value). Per-run progress is kept in the tag
+`rewarm.logged_step`, so a restarted driver continues exactly where logging stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+STATUS_TAG = "rewarm.status"
+SWEEP_TAG = "rewarm.sweep"
+TRIAL_TAG = "rewarm.trial_id"
+LOGGED_STEP_TAG = "rewarm.logged_step"
+KIND_TAG = "rewarm.kind"
+TERMINAL_STATUSES = ("completed", "early_stopped", "diverged", "failed")
+# What each run status becomes in MLflow's own run status.
+_MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED",
+                  "failed": "FAILED", "interrupted": "KILLED"}
+STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+                "tokens_per_s": "train/tokens_per_s", "tokens": "train/tokens", "upstream_seqs": "train/upstream_seqs"}
+EVAL_METRICS = ("L_up", "L_down", "gain", "forgetting", "objective", "avg_loss")
+_MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used; the message names the URI and cause."""
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite store, as an absolute file URI (workers change directory)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking.uri: MLflow server at {uri} answered HTTP {resp.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason}); "
+                            "start it or set MLFLOW_TRACKING_URI") from None
+
+
+class Tracker:
+    """The MLflow side of one sweep. Cheap to pickle: the client is rebuilt on demand."""
+
+    def __init__(self, uri: str, experiment: str, sweep: str):
+        self.uri, self.experiment, self.sweep = uri, experiment, sweep
+        self._client = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    # ------------------------------------------------------------------ experiment and parent
+
+    def ensure_experiment(self) -> str:
+        if self.experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=default_artifact_location(self.uri))
+            else:
+                self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def find_parent(self):
+        runs = self.client.search_runs(
+            [self.ensure_experiment()],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def start_parent(self, spec_yaml: str, params: dict, base_reference: dict, search_space: dict,
+                     resume: bool) -> str:
+        """Create the sweep's parent run, or reopen it when resuming."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        existing = self.find_parent()
+        if existing is not None and resume:
+            self.parent_run_id = existing.info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.client.set_tag(self.parent_run_id, STATUS_TAG, "running")
+            return self.parent_run_id
+        if existing is not None:
+            raise TrackingError(f"sweep {self.sweep!r} already exists in experiment {self.experiment!r}; "
+                                f"continue it with `rewarm resume {self.sweep}` or choose another name")
+        run = self.client.create_run(self.ensure_experiment(), run_name=self.sweep, tags={
+            SWEEP_TAG: self.sweep, KIND_TAG: "sweep", STATUS_TAG: "running"})
+        self.parent_run_id = run.info.run_id
+        now = _now_ms()
+        self.client.log_batch(
+            self.parent_run_id,
+            metrics=[Metric(f"base/{k}", v, now, 0) for k, v in base_reference.items()],
+            params=[Param(k, _param_text(v)) for k, v in params.items()],
+            tags=[RunTag("rewarm.search_space", json.dumps(search_space))])
+        self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
+        self.client.log_dict(self.parent_run_id, {"base_reference": base_reference, "search_space": search_space},
+                             "sweep.json")
+        return self.parent_run_id
+
+    def finish_parent(self, status: str, summary: dict | None = None) -> None:
+        if self.parent_run_id is None:
+            return
+        if summary:
+            self.client.log_dict(self.parent_run_id, summary, "summary.json")
+        self.client.set_tag(self.parent_run_id, STATUS_TAG, status)
+        self.client.set_terminated(self.parent_run_id, status={"completed": "FINISHED", "interrupted": "KILLED"}
+                                   .get(status, "FAILED"))
+
+    # ------------------------------------------------------------------ children
+
+    def child_runs(self) -> list:
+        return self.client.search_runs(
+            [self.ensure_experiment()],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = 'trial'",
+            max_results=10000)
+
+    def child_for_trial(self, trial_id: str, knobs: dict, params: dict) -> tuple[str, int]:
+        """The trial's child run (found again after a retry or resume) and its last logged step."""
+        from mlflow.entities import Param
+
+        found = self.client.search_runs(
+            [self.ensure_experiment()],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1)
+        if found:
+            run = found[0]
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id, int(run.data.tags.get(LOGGED_STEP_TAG, 0))
+        run = self.client.create_run(self.ensure_experiment(), run_name=f"{self.sweep}-{trial_id}", tags={
+            "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: "trial",
+            TRIAL_TAG: trial_id, STATUS_TAG: "running", LOGGED_STEP_TAG: "0"})
+        all_params = {**{f"knob.{k}": v for k, v in knobs.items()}, **params}
+        items = [Param(k, _param_text(v)) for k, v in all_params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id, 0
+
+    def log_progress(self, run_id: str, steps: list[dict], reports: list[dict], logged_step: int) -> int:
+        """Log per-step records and report-point metrics after `logged_step`; return the new mark."""
+        from mlflow.entities import Metric, RunTag
+
+        metrics = []
+        for rec in steps:
+            if rec["step"] <= logged_step:
+                continue
+            ts = int(rec.get("time", time.time()) * 1000)
+            metrics += [Metric(name, float(rec[key]), ts, rec["step"]) for key, name in STEP_METRICS.items()
+                        if key in rec and _finite(rec[key])]
+        for rep in reports:
+            if rep["step"] <= logged_step:
+                continue
+            ts = _now_ms()
+            metrics += [Metric(f"eval/{k}", float(rep[k]), ts, rep["step"]) for k in EVAL_METRICS
+                        if k in rep and _finite(rep[k])]
+        if not metrics:
+            return logged_step
+        new_mark = max([logged_step] + [r["step"] for r in steps] + [r["step"] for r in reports])
+        for i in range(0, len(metrics), _MAX_BATCH):
+            last = i + _MAX_BATCH >= len(metrics)
+            # The mark moves with the last chunk, so a crash mid-way re-logs, never skips.
+            tags = [RunTag(LOGGED_STEP_TAG, str(new_mark))] if last else []
+            self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH], tags=tags)
+        return new_mark
+
+    def finish_child(self, run_id: str, status: str, final: dict, artifacts: dict[str, Path]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = _now_ms()
+        summary = [Metric(f"final/{k}", float(final[k]), now, int(final.get("step", 0)))
+                   for k in (*EVAL_METRICS, "tokens", "step", "best_objective") if k in final and _finite(final[k])]
+        self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, status)] + [
+            RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()])
+        for name, path in artifacts.items():
+            if path.exists() and _dir_size(path) <= ARTIFACT_COPY_LIMIT_BYTES:
+                self.client.log_artifacts(run_id, str(path), f"checkpoints/{name}")
+        self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(status, "FAILED"))
+
+
+# Checkpoints above this size are linked (tag with their storage path), not copied.
+ARTIFACT_COPY_LIMIT_BYTES = 64 * 2**20
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _param_text(v) -> str:
+    text = v if isinstance(v, str) else json.dumps(v)
+    return text[:6000]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

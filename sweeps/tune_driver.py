@@ -1,0 +1,232 @@
+"""`rewarm sweep` / `rewarm resume`: Ray Tune + Optuna over the knobs, each trial on Ray Train.
+
+Wiring (Ray 2.60, Train V2; DESIGN.md): the Tune trainable is a function that builds a
+`TorchTrainer` for its trial and calls `.fit()`, with `TuneReportCallback` passing rank
+0's reports to Tune. The trial's Train run lives at `<sweep dir>/trials/<trial id>`, so a
+Tune retry or `Tuner.restore` starts the same Train run again and Ray Train resumes it
+from its latest checkpoint (exact resume). The trial function needs no CPU: it asks for
+one unit of the custom resource `rewarm_trial_slot`, so all CPUs go to Train workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from search_spaces.params import Choice, Fixed, LogUniform, Uniform, bounds
+from sweeps.resolve import ResolvedSweep, resolve, trial_config
+from sweeps.spec import SpecError, SweepSpec, validate_spec
+from sweeps.tracking import Tracker, check_reachable
+
+TRIAL_SLOT = "rewarm_trial_slot"
+SPEC_FILE = "spec.yaml"
+TRIALS_DIR = "trials"
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    parent_run_id: str
+    trials: list[dict]  # one summary per trial: id, knobs, status, final metrics
+
+    def best(self) -> dict | None:
+        done = [t for t in self.trials if t["status"] == "completed" and "objective" in t["metrics"]]
+        return max(done, key=lambda t: t["metrics"]["objective"]) if done else None
+
+
+# ---------------------------------------------------------------------- the trial
+
+
+def run_trial(config: dict, resolved: ResolvedSweep, sweep_dir: str) -> None:
+    """The Tune function trainable: one trial = one Ray Train run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from sweeps.train_run import train_torch_trainer
+
+    knobs = {k: config[k] for k in ("warmup_frac", "max_lr", "replay_ratio", "schedule")}
+    trial_id = tune.get_context().get_trial_id()
+    trials_root = Path(sweep_dir) / TRIALS_DIR
+    cfg = trial_config(resolved, knobs, run_dir=trials_root / trial_id)
+    trainer = train_torch_trainer(json.loads(cfg.model_dump_json()), resolved.spec, run_name=trial_id,
+                                  storage=str(trials_root), callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+# ---------------------------------------------------------------------- search and scheduling
+
+
+class OptunaSpace:
+    """Define-by-run Optuna space from typed params; fixed knobs are returned as constants.
+
+    A class, not a closure: Tune pickles the searcher (with its space) into the sweep's
+    experiment state, which is what lets `rewarm resume` keep the searcher's history.
+    """
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def __call__(self, trial):
+        constants = {}
+        for name, p in self.params.items():
+            if isinstance(p, Fixed):
+                constants[name] = p.value
+            elif isinstance(p, LogUniform):
+                trial.suggest_float(name, p.low, p.high, log=True)
+            elif isinstance(p, Uniform):
+                trial.suggest_float(name, p.low, p.high)
+            elif isinstance(p, Choice):
+                trial.suggest_categorical(name, list(p.values))
+        return constants
+
+
+def make_searcher(spec: SweepSpec, params: dict):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.objective.kind == "pareto":
+        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_concurrent * 2))
+        return OptunaSearch(space=OptunaSpace(params), metric=["gain", "forgetting"], mode=["max", "min"],
+                            sampler=sampler)
+    startup = min(10, max(3, spec.budget.num_trials // 3))  # random start, then TPE
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
+    return OptunaSearch(space=OptunaSpace(params), metric="objective", mode="max", sampler=sampler)
+
+
+def grace_tokens(spec: SweepSpec, params: dict) -> int:
+    """No stop before the longest warmup in the space plus a recovery window, on an eval point.
+
+    A re-warmed trial's loss rises during and just after warmup (Gupta et al. 2023); judging
+    it there kills exactly the high-LR trials that end best.
+    """
+    if spec.scheduler.grace_tokens is not None:
+        return spec.scheduler.grace_tokens
+    max_warmup = (bounds(params["warmup_frac"]) or (0.0, 0.0))[1]
+    tokens = (max_warmup + spec.scheduler.recovery_frac) * spec.budget.tokens_per_trial
+    eval_tokens = max(1, round(spec.training.eval_every_tokens / spec.tokens_per_step)) * spec.tokens_per_step
+    return max(eval_tokens, math.ceil(tokens / eval_tokens) * eval_tokens)
+
+
+def make_scheduler(spec: SweepSpec, params: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.kind == "none":
+        return FIFOScheduler()
+    # time_attr is our own token count: Tune's training_iteration double-counts after a
+    # Train retry and restarts at 0 after Tuner.restore (DESIGN.md).
+    return ASHAScheduler(time_attr="tokens", metric="objective", mode="max",
+                         max_t=spec.steps_per_trial * spec.tokens_per_step,
+                         grace_period=grace_tokens(spec, params), reduction_factor=spec.scheduler.reduction_factor)
+
+
+def max_concurrent(spec: SweepSpec, cluster: dict) -> int:
+    per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
+    fit = max(1, int(cluster.get("CPU", 1) // per_trial))
+    if spec.resources.gpus_per_worker:
+        fit = min(fit, max(1, int(cluster.get("GPU", 0) // (spec.resources.workers_per_trial * spec.resources.gpus_per_worker))))
+    return min(spec.budget.max_concurrent, fit)
+
+
+def flat_params(spec: SweepSpec) -> dict:
+    """Fixed settings of every trial, flattened for MLflow params."""
+    raw = spec.model_dump(mode="json", exclude={"search_space", "tracking", "name"})
+
+    def walk(prefix, node, out):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v, out)
+            else:
+                out[key] = v
+        return out
+
+    return walk("", raw, {})
+
+
+# ---------------------------------------------------------------------- the driver
+
+
+def sweep_dir_for(spec: SweepSpec) -> Path:
+    return Path(spec.storage_dir()) / spec.name
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, log=print) -> SweepOutcome:
+    from ray import tune
+
+    from sweeps.progress import SweepCallback
+    from sweeps.ray_cluster import init_ray
+    from sweeps.train_run import _check_storage_writable, check_cluster_fits
+
+    params = spec.knob_params()
+    uri = spec.tracking_uri()
+    check_reachable(uri)
+    sweep_dir = sweep_dir_for(spec)
+    if not resume and (sweep_dir / "tuner.pkl").exists():
+        raise SpecError(f"name: sweep {spec.name!r} already exists in {sweep_dir}; "
+                        f"continue it with `rewarm resume {spec.name}` or choose another name")
+    _check_storage_writable(str(sweep_dir.parent))
+    tracker = Tracker(uri, spec.tracking.experiment, spec.name)
+    resolved = resolve(spec, log=log)
+    cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
+    check_cluster_fits(spec, cluster)
+    if cluster.get(TRIAL_SLOT, 0) < 1:
+        raise SpecError(f"resources: the Ray cluster has no {TRIAL_SLOT!r} resource for trial drivers; "
+                        f"start its head node with --resources='{{\"{TRIAL_SLOT}\": 64}}'")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    (sweep_dir / SPEC_FILE).write_text(spec_yaml)
+
+    parent = tracker.start_parent(
+        spec_yaml, flat_params(spec), resolved.base_reference.model_dump(),
+        {k: p.describe() for k, p in params.items()}, resume=resume)
+    concurrency = max_concurrent(spec, cluster)
+    callback = SweepCallback(tracker, spec, str(sweep_dir / TRIALS_DIR), log=log)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(sweep_dir)), {TRIAL_SLOT: 1})
+    log(f"[rewarm] sweep {spec.name}: {spec.budget.num_trials} trials x {spec.budget.tokens_per_trial} tokens, "
+        f"{concurrency} at a time, {spec.objective.kind} objective, scheduler {spec.scheduler.kind}"
+        + (f" (grace {grace_tokens(spec, params)} tokens)" if spec.scheduler.kind == "asha" else ""))
+    log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
+        f" | MLflow {uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
+    t0 = time.time()
+    status = "failed"
+    try:
+        if resume and tune.Tuner.can_restore(str(sweep_dir)):
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(spec, params), scheduler=make_scheduler(spec, params),
+                    num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(sweep_dir.parent), callbacks=[callback], verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
+            )
+        grid = tuner.fit()
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        trials = callback.summaries()
+        tracker.finish_parent(status, {"trials": trials, "wall_s": time.time() - t0})
+    if grid.errors and not trials:
+        raise RuntimeError(f"all trials failed; first error: {grid.errors[0]}")
+    return SweepOutcome(sweep_dir=sweep_dir, parent_run_id=parent, trials=trials)
+
+
+def load_sweep_spec(sweep: str, storage_path: str = "rewarm_runs") -> SweepSpec:
+    """The spec a sweep was started with, from its directory (a path, or a name under storage)."""
+    candidates = [Path(sweep), Path(storage_path).expanduser() / sweep]
+    for d in candidates:
+        if (d / SPEC_FILE).exists():
+            return validate_spec(yaml.safe_load((d / SPEC_FILE).read_text()), source=str(d / SPEC_FILE))
+    raise SpecError(f"sweep {sweep!r} not found (looked for {SPEC_FILE} in {', '.join(str(c) for c in candidates)}); "
+                    "pass the sweep directory or --storage-path")
