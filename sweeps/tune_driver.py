@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from ray.tune import Stopper
 
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform, bounds
 from sweeps.resolve import ResolvedSweep, resolve, trial_config
@@ -120,9 +121,25 @@ def make_scheduler(spec: SweepSpec, params: dict):
         return FIFOScheduler()
     # time_attr is our own token count: Tune's training_iteration double-counts after a
     # Train retry and restarts at 0 after Tuner.restore (DESIGN.md).
-    return ASHAScheduler(time_attr="tokens", metric="objective", mode="max",
-                         max_t=spec.steps_per_trial * spec.tokens_per_step,
-                         grace_period=grace_tokens(spec, params), reduction_factor=spec.scheduler.reduction_factor)
+    max_t = spec.steps_per_trial * spec.tokens_per_step
+    return ASHAScheduler(time_attr="tokens", metric="objective", mode="max", max_t=max_t,
+                         grace_period=min(grace_tokens(spec, params), max_t),  # grace >= budget: never stop
+                         reduction_factor=spec.scheduler.reduction_factor)
+
+
+class DivergenceStopper(Stopper):
+    """Stop a trial at its first report of divergence (a non-finite or runaway loss).
+
+    The training loop already ends a diverged run itself; this is the driver's safety net
+    for any trainable that keeps reporting after diverging, and it needs no grace period.
+    """
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        loss = result.get("loss")
+        return result.get("status") == "diverged" or (isinstance(loss, float) and not math.isfinite(loss))
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def max_concurrent(spec: SweepSpec, cluster: dict) -> int:
@@ -207,6 +224,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
                     num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=str(sweep_dir.parent), callbacks=[callback], verbose=0,
+                    stop=DivergenceStopper(),
                     failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
             )
         grid = tuner.fit()

@@ -1,0 +1,35 @@
+"""A fake trainable for testing schedulers and stoppers without a model (after Syne Tune).
+
+It reports scripted objective curves against tokens, like a real trial's eval points, so
+scheduler decisions can be checked in seconds on real Ray Tune. It lives in the package
+(not in tests/) because Ray workers must be able to import it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ray import tune
+
+
+def scripted_objective(kind: str, i: int) -> float:
+    """Objective at eval i (1-based) for each kind of scripted trial."""
+    if kind in ("good", "diverge"):  # "diverge" is fine until it blows up
+        return 1.0 + 0.05 * i
+    if kind == "bad":
+        return 0.2 + 0.01 * i
+    if kind == "bump":  # re-warmed at high LR: the worst during warmup, the best at the end
+        return -2.0 if i <= 3 else 1.0 + 0.2 * i
+    raise ValueError(f"unknown scripted trial kind {kind!r}")
+
+
+def fake_trainable(config: dict) -> None:
+    """config: kind (good/bad/bump/diverge), evals, tokens_per_eval."""
+    for i in range(1, config["evals"] + 1):
+        tokens = i * config["tokens_per_eval"]
+        if config["kind"] == "diverge" and i >= 3:
+            # Keeps reporting after diverging: only the driver's stopper can end it.
+            tune.report({"tokens": tokens, "objective": -1000.0, "loss": math.nan, "status": "diverged"})
+            continue
+        tune.report({"tokens": tokens, "objective": scripted_objective(config["kind"], i), "loss": 2.0,
+                     "status": "running"})

@@ -1,0 +1,58 @@
+"""Scheduler decisions on a fake trainable (as Syne Tune tests schedulers): no model, real Tune.
+
+Curves are in "tokens" (our time attribute); each report is one eval point.
+"""
+
+import pytest
+from ray import tune
+
+from sweeps.fake_trainable import fake_trainable
+from sweeps.tune_driver import DivergenceStopper, grace_tokens, make_scheduler
+from tests.conftest import small_spec
+
+pytestmark = pytest.mark.ray
+
+EVAL = 512 * 4  # tokens per eval of the small spec (eval_every_tokens=2048)
+N_EVALS = 12
+
+
+def _sweep(kinds, grace, tmp_path):
+    spec = small_spec(budget={"tokens_per_trial": N_EVALS * EVAL}, scheduler={"kind": "asha", "grace_tokens": grace,
+                                                                               "reduction_factor": 2})
+    scheduler = make_scheduler(spec, spec.knob_params())
+    tuner = tune.Tuner(
+        fake_trainable,
+        param_space={"kind": tune.grid_search(kinds), "evals": N_EVALS, "tokens_per_eval": EVAL},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(stop=DivergenceStopper(), verbose=0, storage_path=str(tmp_path)),
+    )
+    results = tuner.fit()
+    return {r.config["kind"] + str(i): r.metrics["tokens"] for i, r in enumerate(results)}
+
+
+ORDER = ["good", "good", "bad", "bad", "bump"]
+
+
+def test_bump_trial_survives_with_schedule_aware_grace(local_ray, tmp_path):
+    tokens = _sweep(ORDER, grace=4 * EVAL, tmp_path=tmp_path)  # warmup + recovery = 4 evals
+    assert tokens["bump4"] == N_EVALS * EVAL  # judged only after recovering: it runs to the end
+    assert min(tokens["bad2"], tokens["bad3"]) < N_EVALS * EVAL  # the scheduler does stop bad trials
+
+
+def test_naive_grace_kills_the_bump_trial(local_ray, tmp_path):
+    # The control: judged at its warmup bump, the eventual best trial is stopped.
+    tokens = _sweep(ORDER, grace=EVAL, tmp_path=tmp_path)
+    assert tokens["bump4"] < N_EVALS * EVAL
+
+
+def test_diverging_trial_is_stopped_at_once(local_ray, tmp_path):
+    tokens = _sweep(["good", "diverge"], grace=100 * EVAL, tmp_path=tmp_path)  # grace does not protect divergence
+    assert tokens["diverge1"] == 3 * EVAL and tokens["good0"] == N_EVALS * EVAL
+
+
+def test_default_grace_covers_longest_warmup_plus_recovery():
+    spec = small_spec(budget={"tokens_per_trial": 100 * 512},
+                      search_space={"params": {"warmup_frac": {"type": "uniform", "low": 0.0, "high": 0.2}}},
+                      scheduler={"recovery_frac": 0.1})
+    g = grace_tokens(spec, spec.knob_params())
+    assert g >= 0.3 * 100 * 512 and g % EVAL == 0 and g - EVAL < 0.3 * 100 * 512
