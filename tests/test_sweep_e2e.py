@@ -1,0 +1,109 @@
+"""A real small sweep: local Ray, Tune + Optuna + ASHA, Train workers, a real SQLite MLflow store;
+then `rewarm best` reads it back with no Ray, and `--export` reruns the winner exactly."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.spec import load_spec
+from sweeps.train_run import run_single
+from sweeps.tune_driver import run_sweep
+from tests.conftest import small_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TERMINAL = {"completed", "early_stopped", "diverged", "failed"}
+
+
+@pytest.fixture(scope="module")
+def sweep(local_ray, toy_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    spec = small_spec(
+        tmp, name="e2e",
+        search_space={"name": "default", "params": {}},
+        budget={"num_trials": 4, "max_concurrent": 2, "tokens_per_trial": 512 * 24},
+        scheduler={"kind": "asha", "reduction_factor": 2},
+        tracking={"uri": uri, "experiment": "e2e"},
+    )
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    outcome = run_sweep(spec)
+    return spec, uri, outcome, tmp
+
+
+def test_parent_and_child_runs_are_complete(sweep):
+    spec, uri, outcome, _ = sweep
+    client = MlflowClient(uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["rewarm.status"] == "completed"
+    assert {"spec.yaml", "sweep.json", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "base/L_up" in parent.data.metrics and parent.data.params["training.global_batch_size"] == "8"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == spec.budget.num_trials == len(outcome.trials)
+    assert len({c.data.tags["rewarm.trial_id"] for c in children}) == len(children)  # no duplicates
+    for child in children:
+        assert child.info.status != "RUNNING"
+        assert child.data.tags["rewarm.status"] in TERMINAL
+        assert {"knob.max_lr", "knob.warmup_frac", "knob.replay_ratio", "knob.schedule"} <= set(child.data.params)
+        steps_trained = int(child.data.metrics["final/step"])
+        loss = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in loss) == list(range(1, steps_trained + 1))  # every step once
+        for key in ("train/lr", "train/grad_norm", "train/tokens", "eval/L_up", "eval/L_down", "eval/gain",
+                    "eval/forgetting", "eval/objective"):
+            assert client.get_metric_history(child.info.run_id, key), key
+        if child.data.tags["rewarm.status"] == "completed":
+            assert steps_trained == spec.steps_per_trial
+            assert "rewarm.best_checkpoint" in child.data.tags
+            artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+            assert {"checkpoints/final", "checkpoints/best"} <= artifacts
+
+
+def test_asha_stopped_some_trial_by_tokens(sweep):
+    spec, _, outcome, _ = sweep
+    statuses = [t["status"] for t in outcome.trials]
+    assert "completed" in statuses
+    stopped = [t for t in outcome.trials if t["status"] == "early_stopped"]
+    for t in stopped:
+        assert t["metrics"]["tokens"] < spec.budget.tokens_per_trial
+
+
+def test_best_reads_mlflow_alone_and_export_reruns_exactly(sweep, rewarm_bin):
+    spec, uri, outcome, tmp = sweep
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.run([rewarm_bin, "best", "--sweep", "e2e", "--format", "json", "--tracking-uri", uri,
+                           "--top", "10", "--export", str(tmp / "best.yaml")],
+                          capture_output=True, text=True, env=env, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    expected = outcome.best()
+    assert rows[0]["trial_id"] == expected["trial_id"] and rows[0]["status"] == "completed"
+    assert rows[0]["objective"] == pytest.approx(expected["metrics"]["objective"])
+    assert [r["objective"] for r in rows if r["status"] == "completed"] == \
+        sorted((r["objective"] for r in rows if r["status"] == "completed"), reverse=True)
+
+    exported = load_spec(tmp / "best.yaml")
+    assert exported.fixed_knobs() == {k: rows[0][k] for k in ("warmup_frac", "max_lr", "replay_ratio", "schedule")}
+    rerun = run_single(exported, run_name="rerun")
+    assert rerun.status == "completed"
+    assert rerun.metrics["objective"] == pytest.approx(rows[0]["objective"], abs=1e-9)
+
+
+def test_best_filters(sweep, rewarm_bin):
+    _, uri, outcome, tmp = sweep
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    lowest = min(t["metrics"]["forgetting"] for t in outcome.trials if "forgetting" in t["metrics"])
+    proc = subprocess.run([rewarm_bin, "best", "--sweep", "e2e", "--format", "json", "--tracking-uri", uri,
+                           "--max-forgetting", str(lowest)], capture_output=True, text=True, env=env)
+    rows = json.loads(proc.stdout)
+    assert rows and all(r["forgetting"] <= lowest for r in rows)
+    proc = subprocess.run([rewarm_bin, "best", "--sweep", "e2e", "--format", "json", "--tracking-uri", uri,
+                           "--pareto"], capture_output=True, text=True, env=env)
+    front = json.loads(proc.stdout)
+    for a in front:
+        assert not any(b["gain"] > a["gain"] and b["forgetting"] < a["forgetting"] for b in front)
+    missing = subprocess.run([rewarm_bin, "best", "--sweep", "nope", "--tracking-uri", uri],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and missing.stderr.strip() == "rewarm: error: sweep 'nope' not found in the tracking store"
