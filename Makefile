@@ -21,16 +21,18 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
-# A real sweep on the embedded default (local Ray, ./mlflow.db, the toy world built on
+# A single run, then a real sweep on the embedded default (local Ray, ./mlflow.db, the toy world built on
 # first use); each run gets its own sweep name so `make demo` can be repeated.
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 demo: install
+	$(BIN)/rewarm train sweeps/specs/smoke.yaml
 	$(BIN)/rewarm sweep sweeps/specs/demo.yaml --set name=$(DEMO_NAME)
 	$(BIN)/rewarm best --sweep $(DEMO_NAME) --top 5
 	@echo "MLflow UI: $$($(BIN)/rewarm ui)"
 
 bench: install
 	$(BIN)/python -m benchmarks.trainer_bench
+	$(BIN)/python -m benchmarks.overhead_bench
 
 clean:
 	rm -rf $(VENV) rewarm_runs mlflow.db mlruns .pytest_cache

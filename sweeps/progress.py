@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ray.tune import Callback
@@ -42,17 +43,23 @@ class SweepCallback(Callback):
         self._checkpoints: dict[str, str] = {}
         self._ended: dict[str, str] = {}
         self._best: tuple[float, str, dict] | None = None
+        self.timings: dict[str, dict] = {}  # per trial: driver-side timestamps (overhead benchmark)
 
     # ------------------------------------------------------------------ Tune hooks
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.timings.setdefault(trial.trial_id, {"start": time.time(), "results": [], "log_s": 0.0})
         self._ensure_run(trial)
         self.log(f"[rewarm] trial {trial.trial_id} started: {format_knobs(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        seen = time.time()
         if result.get("checkpoint_path"):
             self._checkpoints[trial.trial_id] = result["checkpoint_path"]
         self._sync(trial)
+        t = self.timings.setdefault(trial.trial_id, {"start": seen, "results": [], "log_s": 0.0})
+        t["results"].append({"step": result.get("step"), "reported": result.get("time/report"), "seen": seen})
+        t["log_s"] += time.time() - seen
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, trial_status(trial.last_result), trials)
@@ -77,6 +84,7 @@ class SweepCallback(Callback):
 
     def _finish(self, trial, status: str, trials) -> None:
         self._sync(trial)
+        self.timings.setdefault(trial.trial_id, {"results": [], "log_s": 0.0})["end"] = time.time()
         run_id = self._runs[trial.trial_id][0]
         final = dict(trial.last_result or {})
         artifacts = {}

@@ -233,6 +233,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         status = "interrupted"
         raise
     finally:
+        (sweep_dir / "driver_timings.json").write_text(json.dumps(callback.timings))
         trials = callback.summaries()
         tracker.finish_parent(status, {"trials": trials, "wall_s": time.time() - t0})
     if grid.errors and not trials:

@@ -191,6 +191,7 @@ class Trainer:
         if self._reports_made == 0 and self.first_step_time is not None:
             metrics["time/first_step"] = self.first_step_time  # for the overhead breakdown
         self._reports_made += 1
+        metrics["time/report"] = time.time()  # report latency: worker -> scheduler (benchmarks)
         steps, self._pending = self._pending, []
         self.reporter.report(metrics, steps, checkpoint_dir)
         return metrics
