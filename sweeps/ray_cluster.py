@@ -10,6 +10,10 @@ import os
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 # Train V2 is the default in Ray 2.60; say so explicitly so an older default cannot flip it.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Save Tune's experiment state (trials, searcher) at every controller step instead of every
+# >= 10 s: a driver killed between two saves would otherwise restart recent trials under new
+# ids on `rewarm resume`. The state of a sweep of tens of trials is small.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 # Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 

@@ -141,6 +141,16 @@ class Tracker:
             filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = 'trial'",
             max_results=10000)
 
+    def close_orphans(self) -> list[str]:
+        """Mark trial runs still `running` after the sweep ended as `interrupted` (never ranked)."""
+        closed = []
+        for run in self.child_runs():
+            if run.data.tags.get(STATUS_TAG) == "running":
+                self.client.set_tag(run.info.run_id, STATUS_TAG, "interrupted")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.data.tags.get(TRIAL_TAG))
+        return closed
+
     def child_for_trial(self, trial_id: str, knobs: dict, params: dict) -> tuple[str, int]:
         """The trial's child run (found again after a retry or resume) and its last logged step."""
         from mlflow.entities import Param

@@ -229,6 +229,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             )
         grid = tuner.fit()
         status = "completed"
+        # A trial started just before a killed driver's last state save is unknown to the
+        # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
+        tracker.close_orphans()
     except KeyboardInterrupt:
         status = "interrupted"
         raise

@@ -46,7 +46,8 @@ SMALL_RUN = {
 
 
 def small_spec(tmp_path=None, **sections):
-    """A tiny single-run spec on the default toy world; `sections` are deep-merged in."""
+    """A tiny single-run spec on the default toy world; `sections` are merged in two levels
+    deep, except `search_space.params`, which is replaced (so `{}` frees every knob)."""
     import copy
 
     from sweeps.spec import validate_spec
@@ -56,7 +57,7 @@ def small_spec(tmp_path=None, **sections):
         if isinstance(value, dict):
             node = raw.setdefault(key, {})
             for k, v in value.items():
-                if isinstance(v, dict) and isinstance(node.get(k), dict):
+                if isinstance(v, dict) and isinstance(node.get(k), dict) and k != "params":
                     node[k] = {**node[k], **v}
                 else:
                     node[k] = v

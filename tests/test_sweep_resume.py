@@ -44,6 +44,7 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
             runs = _children(uri) if (tmp_path / "mlflow.db").exists() else []
             ended = [r for r in runs if r.data.tags.get("rewarm.status") != "running"]
             if ended and len(runs) >= 2:
+                time.sleep(3)  # well inside the next trial (tens of seconds), after Tune saved its state
                 break
             assert proc.poll() is None, "sweep ended before it could be interrupted"
             time.sleep(1)
