@@ -90,7 +90,7 @@ def _classify(exc: Exception) -> tuple[int | None, str]:
                         SpecErrorLike)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, RunFailed):
-        return EXIT_RUN_FAILED, str(exc)
+        return (EXIT_USAGE if exc.user_error else EXIT_RUN_FAILED), str(exc)
     return None, str(exc)
 
 

@@ -20,6 +20,14 @@ from trainers.worker import ATTEMPTS_FILE, CURVES_FILE, REPORTS_FILE, CurveLog
 class RunFailed(RuntimeError):
     """The run ended without completing (diverged or failed); the message says why."""
 
+    def __init__(self, message: str, user_error: bool = False):
+        super().__init__(message)
+        self.user_error = user_error  # bad input found inside a worker (e.g. a corrupt checkpoint)
+
+
+# Raised inside workers for bad input; Ray re-raises them wrapped, so they are told by name.
+_USER_ERRORS_IN_WORKERS = ("CheckpointError", "DataError")
+
 
 @dataclass
 class RunOutcome:
@@ -96,7 +104,11 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; the root cause is what the user needs
-        raise RunFailed(f"run {run_name} failed: {_root_cause(exc)}") from exc
+        cause = _root_cause(exc)
+        user_error = next((name for name in _USER_ERRORS_IN_WORKERS if f"{name}: " in cause), None)
+        if user_error:  # drop Ray's wrapper and the module path: the cause is the message
+            cause = cause[cause.index(f"{user_error}: "):]
+        raise RunFailed(f"run {run_name} failed: {cause}", user_error=bool(user_error)) from exc
     timings["end"] = time.time()
     reports = CurveLog(run_dir / REPORTS_FILE).read()
     metrics = {k: v for k, v in (reports[-1] if reports else {}).items() if not k.startswith("time/")}

@@ -62,8 +62,14 @@ def load_texts(source: DataSource) -> list[str]:
         if len(suffixes) != 1 or files[0].suffix not in _LOCAL_BUILDERS:
             raise DataError(f"data source {source.path!r}: expected files of one type among "
                             f"{sorted(_LOCAL_BUILDERS)}, found {sorted(suffixes)}")
+        if all(f.stat().st_size == 0 for f in files):
+            raise DataError(f"data source {source.path!r}: empty (no documents)")
         builder = _LOCAL_BUILDERS[files[0].suffix]
-        ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as exc:  # malformed JSON/parquet surfaces as many exception types
+            raise DataError(f"data source {source.path!r}: cannot read as {builder} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     elif source.path.startswith(("/", ".", "~")) or source.path.endswith(tuple(_LOCAL_BUILDERS)):
         raise DataError(f"data source {source.path!r}: file or directory does not exist")
     else:

@@ -275,6 +275,9 @@ def _pretrain_base_model(cfg: ToyWorldConfig, paths: ToyWorldPaths, log=print) -
 
     import torch
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     from trainers.data import pack_token_stream, tokenize_texts
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from trainers.checkpoint import CheckpointError, verify_checkpoint
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 
@@ -82,6 +83,34 @@ class RayReporter:
             shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
 
 
+def pick_checkpoint(latest: Path | None, run_dir: Path | None, log=print) -> Path | None:
+    """The newest checkpoint that verifies: Ray's latest first, then older ones in the run dir.
+
+    A checkpoint corrupted after it was written (disk, a killed copy) must not end the run
+    when an older good one exists; falling back costs only the steps in between.
+    """
+    candidates = [latest] if latest else []
+    if run_dir is not None and run_dir.exists():
+        # Ray names checkpoint directories by time, so names sort by age.
+        candidates += sorted((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), reverse=True)
+    errors, seen = [], set()
+    for candidate in candidates:
+        if candidate.resolve() in seen:
+            continue
+        seen.add(candidate.resolve())
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            log(f"[rewarm] {errors[0]}; resuming from the older checkpoint {candidate}")
+        return candidate
+    if errors:
+        raise CheckpointError(f"no usable checkpoint to resume from: {errors[0]}")
+    return None
+
+
 def train_worker(config: dict) -> None:
     """`train_loop_per_worker` of the TorchTrainer: config = {"trial": TrialConfig as JSON}."""
     import ray.train
@@ -100,7 +129,8 @@ def train_worker(config: dict) -> None:
     reporter = RayReporter(rank, cfg.run_dir, timings)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
-        trainer = Trainer(cfg, model, device, reporter, resume_from=Path(ckpt_dir) if ckpt_dir else None)
+        resume_from = pick_checkpoint(Path(ckpt_dir) if ckpt_dir else None, cfg.run_dir)
+        trainer = Trainer(cfg, model, device, reporter, resume_from=resume_from)
     reporter.truncate_after(trainer.state.step)
     timings["resumed_from_step"] = float(trainer.state.step)
     trainer.run()
