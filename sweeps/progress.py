@@ -7,11 +7,12 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from sweeps.tracking import STATUS_TAG, Tracker
+from sweeps.tracking import STATUS_TAG, Tracker, check_reachable
 from trainers.loop import BEST_MODEL_DIR
 from trainers.worker import CURVES_FILE, REPORTS_FILE, CurveLog
 
 KNOBS = ("warmup_frac", "max_lr", "replay_ratio", "schedule")
+OUTAGE_RETRY_S = 5.0  # after a failed MLflow call, wait this long before the next attempt
 
 
 def trial_status(last_result: dict | None, errored: bool = False) -> str:
@@ -44,56 +45,104 @@ class SweepCallback(Callback):
         self._ended: dict[str, str] = {}
         self._best: tuple[float, str, dict] | None = None
         self.timings: dict[str, dict] = {}  # per trial: driver-side timestamps (overhead benchmark)
+        self._knobs: dict[str, dict] = {}
+        self._finished_pending: dict[str, tuple] = {}  # ended trials whose run is not yet closed in MLflow
+        self._retry_at = 0.0
+        self._in_outage = False
 
     # ------------------------------------------------------------------ Tune hooks
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.timings.setdefault(trial.trial_id, {"start": time.time(), "results": [], "log_s": 0.0})
-        self._ensure_run(trial)
+        self._knobs[trial.trial_id] = {k: trial.config[k] for k in KNOBS if k in trial.config}
+        self._sync(trial.trial_id)
         self.log(f"[rewarm] trial {trial.trial_id} started: {format_knobs(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         seen = time.time()
         if result.get("checkpoint_path"):
             self._checkpoints[trial.trial_id] = result["checkpoint_path"]
-        self._sync(trial)
+        self._sync(trial.trial_id)
+        self._flush_finished()
         t = self.timings.setdefault(trial.trial_id, {"start": seen, "results": [], "log_s": 0.0})
         t["results"].append({"step": result.get("step"), "reported": result.get("time/report"), "seen": seen})
         t["log_s"] += time.time() - seen
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, trial_status(trial.last_result), trials)
+        # The trial's own last report (on disk) is authoritative: Tune's last_result can
+        # miss the final report when the trainable returns right after making it.
+        final = self._last_report(trial.trial_id) or dict(trial.last_result or {})
+        self._finish(trial, trial_status(final), trials, final)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "failed", trials)
+        self._finish(trial, "failed", trials, self._last_report(trial.trial_id) or dict(trial.last_result or {}))
 
-    # ------------------------------------------------------------------ helpers
+    def _last_report(self, trial_id: str) -> dict | None:
+        reports = CurveLog(self.trials_root / trial_id / REPORTS_FILE).read()
+        return reports[-1] if reports else None
 
-    def _ensure_run(self, trial) -> list:
-        if trial.trial_id not in self._runs:
-            knobs = {k: trial.config[k] for k in KNOBS if k in trial.config}
-            self._runs[trial.trial_id] = list(self.tracker.child_for_trial(trial.trial_id, knobs, self.params))
-        return self._runs[trial.trial_id]
+    def on_step_begin(self, iteration, trials, **info):
+        if self._finished_pending:
+            self._flush_finished()
 
-    def _sync(self, trial) -> None:
-        entry = self._ensure_run(trial)
-        run_dir = self.trials_root / trial.trial_id
-        steps = CurveLog(run_dir / CURVES_FILE).read()
-        reports = CurveLog(run_dir / REPORTS_FILE).read()
-        entry[1] = self.tracker.log_progress(entry[0], steps, reports, entry[1])
+    # ------------------------------------------------------------------ MLflow, outage-tolerant
+    #
+    # Every curve point is on disk (curves.jsonl / reports.jsonl in the trial's run dir)
+    # before it reaches MLflow, and a run's `logged_step` mark only moves after a
+    # successful write. So when the tracking server is down, nothing is buffered in memory
+    # and nothing is lost: the next successful sync logs everything after the mark.
 
-    def _finish(self, trial, status: str, trials) -> None:
-        self._sync(trial)
+    def _tracking_available(self) -> bool:
+        return time.time() >= self._retry_at
+
+    def _outage(self, exc: Exception) -> None:
+        self._retry_at = time.time() + OUTAGE_RETRY_S
+        if not self._in_outage:
+            self._in_outage = True
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.log(f"[rewarm] MLflow unavailable ({first[:200]}); training continues, curves stay on disk "
+                     f"and are logged when it is back")
+
+    def _recovered(self) -> None:
+        if self._in_outage:
+            self._in_outage = False
+            self.log("[rewarm] MLflow reachable again; logging caught up")
+
+    def _sync(self, trial_id: str) -> bool:
+        """Log what is on disk for the trial; False while tracking is unavailable."""
+        if not self._tracking_available():
+            return False
+        try:
+            if self._in_outage:  # probe first: a sync with nothing new would not touch the server
+                check_reachable(self.tracker.uri, timeout_s=2.0)
+            if trial_id not in self._runs:
+                self._runs[trial_id] = list(self.tracker.child_for_trial(
+                    trial_id, self._knobs.get(trial_id, {}), self.params))
+            entry = self._runs[trial_id]
+            run_dir = self.trials_root / trial_id
+            steps = CurveLog(run_dir / CURVES_FILE).read()
+            reports = CurveLog(run_dir / REPORTS_FILE).read()
+            entry[1] = self.tracker.log_progress(entry[0], steps, reports, entry[1])
+        except Exception as exc:  # noqa: BLE001 - any tracking failure is an outage to ride out
+            self._outage(exc)
+            return False
+        self._recovered()
+        return True
+
+    def _finish(self, trial, status: str, trials, final: dict) -> None:
         self.timings.setdefault(trial.trial_id, {"results": [], "log_s": 0.0})["end"] = time.time()
-        run_id = self._runs[trial.trial_id][0]
-        final = dict(trial.last_result or {})
+        self._knobs.setdefault(trial.trial_id, {k: trial.config[k] for k in KNOBS if k in trial.config})
         artifacts = {}
-        if trial.trial_id in self._checkpoints:
+        on_disk = sorted(p for p in (self.trials_root / trial.trial_id).glob("checkpoint_*") if p.is_dir())
+        if on_disk:  # Ray names them by time: the last is the final checkpoint
+            artifacts["final"] = on_disk[-1]
+        elif trial.trial_id in self._checkpoints:
             artifacts["final"] = Path(self._checkpoints[trial.trial_id])
         best_dir = self.trials_root / trial.trial_id / BEST_MODEL_DIR
         if best_dir.exists():
             artifacts["best"] = best_dir
-        self.tracker.finish_child(run_id, status, final, artifacts)
+        self._finished_pending[trial.trial_id] = (status, final, artifacts)
+        self._flush_finished()
         self._ended[trial.trial_id] = status
         if status == "completed" and "objective" in final:
             if self._best is None or final["objective"] > self._best[0]:
@@ -108,6 +157,34 @@ class SweepCallback(Callback):
         if self._best:
             line += f" | best {self._best[0]:+.4f} ({self._best[1]}: {format_knobs(self._best[2])})"
         self.log(line)
+
+    def _flush_finished(self) -> None:
+        for trial_id in list(self._finished_pending):
+            if not self._sync(trial_id):
+                return
+            status, final, artifacts = self._finished_pending[trial_id]
+            try:
+                self.tracker.finish_child(self._runs[trial_id][0], status, final, artifacts)
+            except Exception as exc:  # noqa: BLE001
+                self._outage(exc)
+                return
+            del self._finished_pending[trial_id]
+
+    def flush(self, timeout_s: float) -> list[str]:
+        """At the end of a sweep: keep retrying until every trial is logged or time runs out.
+
+        Returns the ids of trials whose MLflow runs are still incomplete (their curves are on disk).
+        """
+        deadline = time.time() + timeout_s
+        while True:
+            for trial_id in list(self._runs) + [t for t in self._knobs if t not in self._runs]:
+                self._sync(trial_id)
+            self._flush_finished()
+            if not self._finished_pending and not self._in_outage:
+                return []
+            if time.time() >= deadline:
+                return sorted(self._finished_pending)
+            time.sleep(max(0.0, min(self._retry_at, deadline) - time.time()) + 0.1)
 
     def summaries(self) -> list[dict]:
         """Every trial of the sweep as MLflow records it (authoritative across resumes)."""

@@ -14,6 +14,10 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # >= 10 s: a driver killed between two saves would otherwise restart recent trials under new
 # ids on `rewarm resume`. The state of a sweep of tens of trials is small.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+# A tracking-server outage must not stall the sweep driver for minutes per call: fail fast
+# and let the driver retry later (it keeps curves on disk until they are logged).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 

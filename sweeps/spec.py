@@ -129,6 +129,7 @@ class TrackingSpec(_Spec):
 
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db (absolute).")
     experiment: str = Field("rewarm", description="MLflow experiment name.")
+    flush_timeout_s: float = Field(300, ge=0, description="At the end of a sweep, how long to wait for an unavailable tracking server before giving up (curves stay on disk).")
 
 
 class SweepSpec(_Spec):

@@ -229,16 +229,26 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             )
         grid = tuner.fit()
         status = "completed"
-        # A trial started just before a killed driver's last state save is unknown to the
-        # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
-        tracker.close_orphans()
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
         (sweep_dir / "driver_timings.json").write_text(json.dumps(callback.timings))
-        trials = callback.summaries()
-        tracker.finish_parent(status, {"trials": trials, "wall_s": time.time() - t0})
+        unlogged = callback.flush(spec.tracking.flush_timeout_s)
+        if unlogged:
+            log(f"[rewarm] MLflow still unavailable after {spec.tracking.flush_timeout_s:.0f} s: trials {unlogged} "
+                f"are not fully logged; their full curves are on disk in {sweep_dir / TRIALS_DIR}/<trial>/")
+            status = "incomplete_tracking" if status == "completed" else status
+        try:
+            if status == "completed":
+                # A trial started just before a killed driver's last state save is unknown to the
+                # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
+                tracker.close_orphans()
+            trials = callback.summaries()
+            tracker.finish_parent(status, {"trials": trials, "wall_s": time.time() - t0})
+        except Exception as exc:  # noqa: BLE001 - tracking down at the very end: say so, lose nothing
+            log(f"[rewarm] could not close the sweep's MLflow run ({type(exc).__name__}); results are in {sweep_dir}")
+            trials = []
     if grid.errors and not trials:
         raise RuntimeError(f"all trials failed; first error: {grid.errors[0]}")
     return SweepOutcome(sweep_dir=sweep_dir, parent_run_id=parent, trials=trials)

@@ -73,3 +73,35 @@ def resolved_small(toy_world):
     from sweeps.resolve import resolve
 
     return resolve(small_spec())
+
+
+class PrivateRay:
+    """A temp root for the local Ray cluster that a `rewarm` subprocess starts, so a test can
+    kill exactly that cluster (after SIGKILLing its driver) without `ray stop`, which would
+    also stop every other Ray cluster on the machine."""
+
+    def __init__(self):
+        import tempfile
+
+        # Short path: Ray's unix socket paths live under it and must stay below 108 bytes.
+        self.root = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+
+    def env(self, base: dict) -> dict:
+        return {**{k: v for k, v in base.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": self.root}
+
+    def kill(self) -> None:
+        import shutil
+        import subprocess
+        import time
+
+        for _ in range(3):
+            subprocess.run(["pkill", "-9", "-f", self.root], capture_output=True)
+            time.sleep(0.5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_ray():
+    ray_ = PrivateRay()
+    yield ray_
+    ray_.kill()

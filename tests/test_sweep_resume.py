@@ -1,10 +1,10 @@
 """`rewarm resume` after the sweep driver is SIGKILLed mid-sweep: nothing lost, nothing twice."""
 
+import json
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,18 +24,13 @@ def _children(uri):
     return client.search_runs([e.experiment_id for e in exps], filter_string="tags.`rewarm.kind` = 'trial'")
 
 
-def _ray_stop(rewarm_bin):
-    # The killed driver's local Ray cluster outlives it; stop it so the next cluster has the CPUs.
-    subprocess.run([str(Path(rewarm_bin).with_name("ray")), "stop", "--force"], capture_output=True)
-
-
-def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bin):
+def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bin, private_ray):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(tmp_path, name="resumable", search_space={"name": "default", "params": {}},
                       budget={"num_trials": TRIALS, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
                       scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "resume"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
     proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -55,13 +50,13 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
     finally:
         if proc.poll() is None:
             proc.kill()
-        _ray_stop(rewarm_bin)
+        private_ray.kill()
     before = {r.data.tags["rewarm.trial_id"]: r.data.tags["rewarm.status"] for r in _children(uri)}
     assert any(s == "running" for s in before.values())  # the killed driver left a trial mid-way
 
     resumed = subprocess.run([rewarm_bin, "resume", "resumable", "--storage-path", str(tmp_path / "runs")],
                              cwd=tmp_path, env=env, capture_output=True, text=True)
-    _ray_stop(rewarm_bin)
+    private_ray.kill()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = _children(uri)
     ids = [r.data.tags["rewarm.trial_id"] for r in runs]
@@ -73,5 +68,14 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
     for r in runs:  # curves continued in the same run: every step exactly once
         steps = [m.step for m in MlflowClient(uri).get_metric_history(r.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, 25))
+    # `rewarm best` (MLflow alone) agrees with what each trial reported to Tune (its report log).
+    best = subprocess.run([rewarm_bin, "best", "--sweep", "resumable", "--tracking-uri", uri, "--format", "json",
+                           "--top", "10"], capture_output=True, text=True, env=env)
+    rows = json.loads(best.stdout)
+    assert len(rows) == TRIALS
+    for row in rows:
+        reports = (tmp_path / "runs" / "resumable" / "trials" / row["trial_id"] / "reports.jsonl").read_text()
+        assert row["objective"] == pytest.approx(json.loads(reports.splitlines()[-1])["objective"])
+    assert rows[0]["objective"] == max(r["objective"] for r in rows)
     parents = MlflowClient(uri).search_runs([runs[0].info.experiment_id], filter_string="tags.`rewarm.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -1,0 +1,71 @@
+"""A real MLflow server goes down mid-sweep and comes back: training goes on, nothing is lost."""
+
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import small_spec
+from tests.mlflow_server import MlflowServer
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TRIALS, STEPS = 3, 24
+
+
+def _trial_runs(uri):
+    client = MlflowClient(uri)
+    exps = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in exps], filter_string="tags.`rewarm.kind` = 'trial'") if exps else []
+
+
+def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, private_ray):
+    server = MlflowServer(tmp_path).start()
+    spec = small_spec(tmp_path, name="outage", search_space={"name": "default", "params": {}},
+                      budget={"num_trials": TRIALS, "max_concurrent": 1, "tokens_per_trial": 512 * STEPS},
+                      scheduler={"kind": "none"}, tracking={"uri": server.uri, "experiment": "outage"})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            runs = _trial_runs(server.uri)
+            if runs and MlflowClient(server.uri).get_metric_history(runs[0].info.run_id, "train/loss"):
+                break  # the first trial is training and logging
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail("first trial did not start logging")
+        server.stop()  # down while trials train
+        down_since = time.time()
+        time.sleep(15)
+        assert proc.poll() is None  # the sweep rides out the outage
+        server.start()
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+        private_ray.kill()
+    output = (tmp_path / "sweep.log").read_text()
+    assert proc.returncode == 0, output[-3000:]
+    assert "MLflow unavailable" in output and "Traceback" not in output
+    server.start()
+    try:
+        runs = _trial_runs(server.uri)
+        assert len(runs) == TRIALS
+        client = MlflowClient(server.uri)
+        for r in runs:
+            assert r.info.status == "FINISHED" and r.data.tags["rewarm.status"] == "completed"
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/loss"))
+            assert steps == list(range(1, STEPS + 1))  # buffered points written once, none lost
+        logged_late = [m for r in runs for m in client.get_metric_history(r.info.run_id, "train/loss")
+                       if m.timestamp / 1000 > down_since]
+        assert logged_late  # some points were trained during the outage and logged after it
+    finally:
+        server.stop()

@@ -1,0 +1,79 @@
+"""SIGKILL a Ray Train worker mid-trial: the trial resumes from its latest checkpoint and its
+curves equal an uninterrupted run's; MLflow has one child run with every step exactly once."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import small_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+STEPS = 160
+
+
+def _train_workers(ray_root: str) -> list[int]:
+    """PIDs of Train worker processes belonging to this test's private Ray cluster."""
+    pids = []
+    for pid in subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split():
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RAY_TMPDIR={ray_root}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def _curve(path):
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in map(json.loads, path.read_text().splitlines())]
+
+
+def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_ray):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = small_spec(tmp_path, name="killworker", budget={"num_trials": 1, "tokens_per_trial": 512 * STEPS},
+                      training={"checkpoint_every_tokens": 512 * 16, "eval_every_tokens": 512 * 8},
+                      scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "kill"})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
+                            stdout=open(tmp_path / "sweep.log", "w"), stderr=subprocess.STDOUT)
+    killed_at = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and killed_at is None:
+            curves = list((tmp_path / "runs" / "killworker" / "trials").glob("*/curves.jsonl"))
+            if curves and len(curves[0].read_text().splitlines()) >= 40:
+                pids = _train_workers(private_ray.root)
+                assert len(pids) == 1
+                os.kill(pids[0], signal.SIGKILL)
+                killed_at = len(curves[0].read_text().splitlines())
+            assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert killed_at is not None and killed_at < STEPS, "trial finished before the worker could be killed"
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    trial_dir = next((tmp_path / "runs" / "killworker" / "trials").iterdir())
+    attempts = [json.loads(x) for x in (trial_dir / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and 0 < attempts[1]["resumed_from_step"] <= killed_at  # resumed, not restarted
+
+    # The spec's knobs are all fixed, so `rewarm train` reruns the same trial uninterrupted.
+    reference = subprocess.run([rewarm_bin, "train", str(tmp_path / "s.yaml"), "--run-name", "reference"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert _curve(trial_dir / "curves.jsonl") == _curve(tmp_path / "runs" / "reference" / "curves.jsonl")
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`rewarm.kind` = 'trial'")
+    assert len(runs) == 1 and runs[0].data.tags["rewarm.status"] == "completed"
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
+    assert steps == list(range(1, STEPS + 1))  # no gap, no duplicate across the restart
