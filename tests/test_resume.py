@@ -79,3 +79,50 @@ def test_loss_falls_and_objective_is_reported(resolved_small):
     assert last["gain"] == pytest.approx(base.L_down - last["L_down"])
     assert last["forgetting"] == pytest.approx(last["L_up"] - base.L_up)
     assert last["objective"] == pytest.approx(last["gain"] - max(last["forgetting"], 0))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(resolved_small, tmp_path):
+    from trainers.worker import pick_checkpoint
+
+    run = run_in_process(_cfg(resolved_small, stop_after_step=12), tmp_path / "run")
+    # The run dir as Ray lays it out: checkpoint_<time> directories, newest last by name.
+    run_dir = tmp_path / "raylike"
+    run_dir.mkdir()
+    for i, ckpt in enumerate(run.checkpoints):
+        ckpt.rename(run_dir / f"checkpoint_2026-01-01_00-00-{i:02d}")
+    older, newest = sorted(run_dir.iterdir())[-2:]
+    assert pick_checkpoint(newest, run_dir) == newest
+    with open(newest / "model.safetensors", "r+b") as fh:
+        fh.truncate(10)
+    messages = []
+    assert pick_checkpoint(newest, run_dir, log=messages.append) == older
+    assert "model.safetensors is corrupt" in messages[0] and str(older) in messages[0]
+    # Resuming from the older checkpoint still reproduces the uninterrupted run exactly.
+    full = run_in_process(_cfg(resolved_small))
+    resumed = run_in_process(_cfg(resolved_small), resume_from=older)
+    done = read_state(older).step
+    assert [(s["step"], s["loss"]) for s in resumed.steps] == [(s["step"], s["loss"]) for s in full.steps[done:]]
+    for ckpt in run_dir.iterdir():
+        (ckpt / "MANIFEST.json").unlink()
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        pick_checkpoint(newest, run_dir)
+
+
+def test_checkpoint_write_is_atomic(resolved_small, tmp_path, monkeypatch):
+    """A crash while writing leaves no directory that looks like a complete checkpoint."""
+    import trainers.checkpoint as ck
+
+    run = run_in_process(_cfg(resolved_small, stop_after_step=4), tmp_path / "run")
+    good = run.checkpoints[-1]
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", crash)  # fail mid-write, after the directory exists
+    target = tmp_path / "new" / "checkpoint"
+    with pytest.raises(OSError):
+        from trainers.checkpoint import TrainState
+        ck.save_checkpoint(target, torch.nn.Linear(2, 2), torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()),
+                           TrainState(step=1, tokens_seen=1, replay={}), [])
+    assert not target.exists()  # only a .partial directory, never the final name
+    verify_checkpoint(good)

@@ -31,12 +31,13 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
                       scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "resume"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    MlflowClient(uri).search_experiments()  # create the store here: two processes migrating one SQLite file race
     proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # wait until one trial has ended and the next has started
-            runs = _children(uri) if (tmp_path / "mlflow.db").exists() else []
+            runs = _children(uri)
             ended = [r for r in runs if r.data.tags.get("rewarm.status") != "running"]
             if ended and len(runs) >= 2:
                 time.sleep(3)  # well inside the next trial (tens of seconds), after Tune saved its state
