@@ -107,3 +107,30 @@ def test_best_filters(sweep, rewarm_bin):
     missing = subprocess.run([rewarm_bin, "best", "--sweep", "nope", "--tracking-uri", uri],
                              capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and missing.stderr.strip() == "rewarm: error: sweep 'nope' not found in the tracking store"
+
+
+def test_diverging_trial_is_marked_never_ranked_and_the_sweep_goes_on(local_ray, toy_world, tmp_path):
+    from sweeps.best import load_sweep, open_client, rank
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = small_spec(
+        tmp_path, name="blowup",
+        search_space={"name": "default", "params": {"max_lr": [3e-3, 60.0], "warmup_frac": 0.0,
+                                                      "replay_ratio": 0.05, "schedule": "cosine"}},
+        budget={"num_trials": 4, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
+        scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "blowup"},
+    )
+    outcome = run_sweep(spec)
+    by_lr = {}
+    for t in outcome.trials:
+        by_lr.setdefault(t["knobs"]["max_lr"], set()).add(t["status"])
+    assert set(by_lr) == {3e-3, 60.0}, "precondition: the seeded sampler proposes both learning rates"
+    assert by_lr[60.0] == {"diverged"} and by_lr[3e-3] == {"completed"}  # the sweep went on after divergence
+    eval_steps = spec.training.eval_every_tokens // spec.tokens_per_step
+    for t in outcome.trials:
+        if t["status"] == "diverged":
+            assert t["metrics"]["step"] <= 2 * eval_steps  # stopped within a few evals
+    client = open_client(uri)
+    _, trials = load_sweep(client, "blowup")
+    assert all(client.get_run(t["run_id"]).info.status == "FAILED" for t in trials if t["status"] == "diverged")
+    assert {t["status"] for t in rank(trials)} == {"completed"}  # never ranked
