@@ -17,6 +17,7 @@ import yaml
 from sweeps.tracking import KIND_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, TrackingError
 
 RANKED_STATUSES = ("completed", "early_stopped")
+TRIAL_METRICS = ("objective", "gain", "forgetting", "L_up", "L_down", "avg_loss", "tokens", "step", "best_objective")
 COLUMNS = ("rank", "trial_id", "status", "objective", "gain", "forgetting", "L_up", "L_down",
            "warmup_frac", "max_lr", "replay_ratio", "schedule", "tokens")
 
@@ -65,7 +66,7 @@ def trial_record(run) -> dict:
     for k, v in params.items():
         if k.startswith("knob."):
             rec[k.removeprefix("knob.")] = _value(v)
-    for k in ("objective", "gain", "forgetting", "L_up", "L_down", "tokens", "best_objective"):
+    for k in TRIAL_METRICS:
         if f"final/{k}" in metrics:
             rec[k] = metrics[f"final/{k}"]
     return rec

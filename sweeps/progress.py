@@ -188,22 +188,12 @@ class SweepCallback(Callback):
 
     def summaries(self) -> list[dict]:
         """Every trial of the sweep as MLflow records it (authoritative across resumes)."""
+        from sweeps.best import TRIAL_METRICS, trial_record
+
         out = []
         for run in self.tracker.child_runs():
-            tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-            out.append({
-                "trial_id": tags.get("rewarm.trial_id"), "run_id": run.info.run_id,
-                "status": tags.get(STATUS_TAG),
-                "knobs": {k.removeprefix("knob."): _param_value(v) for k, v in params.items() if k.startswith("knob.")},
-                "metrics": {k.removeprefix("final/"): v for k, v in metrics.items() if k.startswith("final/")},
-            })
+            rec = trial_record(run)
+            out.append({"trial_id": rec["trial_id"], "run_id": rec["run_id"], "status": rec["status"],
+                        "knobs": {k: rec[k] for k in KNOBS if k in rec},
+                        "metrics": {k: rec[k] for k in TRIAL_METRICS if k in rec}})
         return out
-
-
-def _param_value(text: str):
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text

@@ -45,6 +45,20 @@ SMALL_RUN = {
 }
 
 
+def changed(base: dict, changes: dict, sep: str = ".") -> dict:
+    """A deep copy of a raw spec with `{"a.b.c": value}` set (missing sections are created)."""
+    import copy
+
+    raw = copy.deepcopy(base)
+    for path, value in changes.items():
+        node = raw
+        keys = path.split(sep)
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return raw
+
+
 def small_spec(tmp_path=None, **sections):
     """A tiny single-run spec on the default toy world; `sections` are merged in two levels
     deep, except `search_space.params`, which is replaced (so `{}` frees every knob)."""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SMALL_RUN
+from tests.conftest import SMALL_RUN, changed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,15 +32,7 @@ def workspace(tmp_path_factory, toy_world):
 
 
 def _spec(tmp, **changes):
-    raw = yaml.safe_load(yaml.safe_dump(SMALL_RUN))
-    raw["storage_path"] = str(tmp / "runs")
-    for path, value in changes.items():
-        node = raw
-        keys = path.split("__")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return raw
+    return changed({**SMALL_RUN, "storage_path": str(tmp / "runs")}, changes, sep="__")
 
 
 def _write(tmp, name, raw):

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from sweeps.spec import SpecError, load_spec, validate_spec
+from tests.conftest import changed
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "sweeps" / "specs").glob("*.yaml"))
 MINIMAL = {"name": "t", "search_space": {"params": {"max_lr": 3e-3, "warmup_frac": 0.01,
@@ -31,13 +32,7 @@ def test_set_overrides_knobs_and_dotted_fields():
 
 
 def _with(path, value):
-    raw = yaml.safe_load(yaml.safe_dump(MINIMAL))
-    node = raw
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-    return raw
+    return changed(MINIMAL, {path: value})
 
 
 BAD = [
