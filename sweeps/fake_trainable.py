@@ -33,3 +33,15 @@ def fake_trainable(config: dict) -> None:
             continue
         tune.report({"tokens": tokens, "objective": scripted_objective(config["kind"], i), "loss": 2.0,
                      "status": "running"})
+
+
+def fake_cpt_trainable(config: dict) -> None:
+    """A scripted continual pre-training trade-off: a higher max LR learns more (gain) and
+    forgets more; replay cuts forgetting at a small cost in gain. Reports like a real trial."""
+    lr, replay = config["max_lr"], config["replay_ratio"]
+    for i in range(1, config["evals"] + 1):
+        progress = i / config["evals"]
+        gain = progress * (1.0 + math.log10(lr / 1e-4)) * (1.0 - 0.3 * replay)
+        forgetting = progress * (lr / 1e-3) * (1.0 - 0.9 * replay)
+        tune.report({"tokens": i * config["tokens_per_eval"], "gain": gain, "forgetting": forgetting,
+                     "objective": gain - max(forgetting, 0.0), "loss": 2.0, "status": "running"})

@@ -92,6 +92,14 @@ class SweepCallback(Callback):
     # successful write. So when the tracking server is down, nothing is buffered in memory
     # and nothing is lost: the next successful sync logs everything after the mark.
 
+    def __getstate__(self):
+        # Tune pickles callbacks into the experiment state; a log function may not pickle.
+        return {**self.__dict__, "log": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log = self.log or print
+
     def _tracking_available(self) -> bool:
         return time.time() >= self._retry_at
 
@@ -163,6 +171,10 @@ class SweepCallback(Callback):
             if not self._sync(trial_id):
                 return
             status, final, artifacts = self._finished_pending[trial_id]
+            latest = self._last_report(trial_id)  # the worker may have reported once more since
+            if latest and latest.get("step", 0) >= final.get("step", 0):
+                final = latest
+                status = status if status == "failed" else trial_status(latest)
             try:
                 self.tracker.finish_child(self._runs[trial_id][0], status, final, artifacts)
             except Exception as exc:  # noqa: BLE001

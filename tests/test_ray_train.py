@@ -47,7 +47,8 @@ def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
     from sweeps.train_run import RunFailed
 
     run_single(small_spec(tmp_path), run_name="r", stop_after_step=4)
-    other = small_spec(tmp_path, search_space={"params": {"max_lr": 1e-3}})
+    other = small_spec(tmp_path, search_space={"params": {"max_lr": 1e-3, "warmup_frac": 0.1, "replay_ratio": 0.25,
+                                                          "schedule": "cosine"}})
     with pytest.raises(RunFailed, match="different configuration"):
         run_single(other, run_name="r")
 

@@ -56,3 +56,28 @@ def test_default_grace_covers_longest_warmup_plus_recovery():
                       scheduler={"recovery_frac": 0.1})
     g = grace_tokens(spec, spec.knob_params())
     assert g >= 0.3 * 100 * 512 and g % EVAL == 0 and g - EVAL < 0.3 * 100 * 512
+
+
+def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_path):
+    from sweeps.fake_trainable import fake_cpt_trainable
+    from sweeps.tune_driver import make_searcher
+
+    spec = small_spec(objective={"kind": "pareto"}, budget={"num_trials": 8, "tokens_per_trial": N_EVALS * EVAL},
+                      search_space={"name": "default", "params": {"warmup_frac": 0.01, "schedule": "cosine",
+                                                                  "max_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                                                                  "replay_ratio": {"type": "uniform", "low": 0.0, "high": 0.5}}},
+                      scheduler={"kind": "none"})
+    searcher = make_searcher(spec, spec.knob_params())
+    tuner = tune.Tuner(
+        tune.with_parameters(fake_cpt_trainable),
+        param_space={"evals": 3, "tokens_per_eval": EVAL},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=8, max_concurrent_trials=1),
+        run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
+    )
+    results = tuner.fit()
+    assert len(results) == 8 and not results.errors
+    study = searcher._ot_study  # the Optuna study behind OptunaSearch
+    assert type(study.sampler).__name__ == "NSGAIISampler"
+    assert all(len(t.values) == 2 for t in study.trials if t.values)  # (gain, forgetting) per trial
+    front = study.best_trials
+    assert front and all(not any(o.values[0] > t.values[0] and o.values[1] < t.values[1] for o in front) for t in front)
