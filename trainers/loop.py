@@ -119,7 +119,7 @@ class Trainer:
             # DDP all-reduces gradients only on the last micro-batch of the step.
             last = micro_idx == self.accum - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync, torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with sync, self._autocast():
                 loss = self.model(input_ids=micro, labels=micro).loss / self.accum
             loss.backward()
             loss_sum += loss.detach()
@@ -138,6 +138,12 @@ class Trainer:
         return {"step": s.step, "tokens": s.tokens_seen, "loss": loss_value, "lr": lr,
                 "grad_norm": float(grad_norm), "upstream_seqs": int(is_up.sum()),
                 "tokens_per_s": step_tokens / dt, "time": time.time()}
+
+    def _autocast(self):
+        # bf16 autocast on GPU only; on CPU skip the context entirely (it is not free per micro-batch).
+        if self.autocast:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _divergence_status(self, loss: float) -> str:
         s = self.state
