@@ -87,7 +87,7 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = spec.storage_dir()
     run_dir = Path(storage) / run_name
-    _check_storage_writable(storage)
+    check_storage_writable(storage)
     cfg = trial_config(resolved, knobs, run_dir=run_dir)
     if stop_after_step is not None:
         cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"stop_after_step": stop_after_step})})
@@ -132,7 +132,7 @@ def _read_attempts(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def _check_storage_writable(storage: str) -> None:
+def check_storage_writable(storage: str) -> None:
     if "://" in storage:
         return
     path = Path(storage)

@@ -178,7 +178,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
 
     from sweeps.progress import SweepCallback
     from sweeps.ray_cluster import init_ray
-    from sweeps.train_run import _check_storage_writable, check_cluster_fits
+    from sweeps.train_run import check_storage_writable, check_cluster_fits
 
     params = spec.knob_params()
     uri = spec.tracking_uri()
@@ -187,7 +187,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if not resume and (sweep_dir / "tuner.pkl").exists():
         raise SpecError(f"name: sweep {spec.name!r} already exists in {sweep_dir}; "
                         f"continue it with `rewarm resume {spec.name}` or choose another name")
-    _check_storage_writable(str(sweep_dir.parent))
+    check_storage_writable(str(sweep_dir.parent))
     tracker = Tracker(uri, spec.tracking.experiment, spec.name)
     resolved = resolve(spec, log=log)
     cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
