@@ -24,15 +24,17 @@ def scripted_objective(kind: str, i: int) -> float:
 
 
 def fake_trainable(config: dict) -> None:
-    """config: kind (good/bad/bump/diverge), evals, tokens_per_eval."""
+    """config: kind (good/bad/bump/diverge), evals, tokens_per_eval, optional warmup_tokens."""
+    warmup = config.get("warmup_tokens", 0)  # reported like the real loop's, for per-trial grace
     for i in range(1, config["evals"] + 1):
         tokens = i * config["tokens_per_eval"]
         if config["kind"] == "diverge" and i >= 3:
             # Keeps reporting after diverging: only the driver's stopper can end it.
-            tune.report({"tokens": tokens, "objective": -1000.0, "loss": math.nan, "status": "diverged"})
+            tune.report({"tokens": tokens, "objective": -1000.0, "loss": math.nan, "status": "diverged",
+                         "warmup_tokens": warmup})
             continue
         tune.report({"tokens": tokens, "objective": scripted_objective(config["kind"], i), "loss": 2.0,
-                     "status": "running"})
+                     "status": "running", "warmup_tokens": warmup})
 
 
 def fake_cpt_trainable(config: dict) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from sweeps.stopper import DECISIONS_FILE, STOP
 from sweeps.tracking import STATUS_TAG, Tracker, check_reachable
 from trainers.loop import BEST_MODEL_DIR
 from trainers.worker import CURVES_FILE, REPORTS_FILE, CurveLog
@@ -23,6 +24,18 @@ def trial_status(last_result: dict | None, errored: bool = False) -> str:
     if status in ("diverged", "completed"):
         return status
     return "early_stopped"  # ended by the scheduler before its budget
+
+
+def stop_tags(decisions_file: Path) -> dict[str, str]:
+    """The schedule-aware stopper's verdict on a trial, as MLflow tags (the full log is an artifact)."""
+    decisions = CurveLog(decisions_file).read()
+    if not decisions:
+        return {}
+    last = decisions[-1]
+    stops = [d for d in decisions if d["action"] == STOP]
+    verdict = stops[-1] if stops else last
+    return {"rewarm.stopper.decisions": str(len(decisions)), "rewarm.stopper.last_action": verdict["action"],
+            "rewarm.stopper.reason": f"at {verdict['tokens']} tokens: {verdict['reason']}"}
 
 
 def format_knobs(knobs: dict) -> str:
@@ -175,8 +188,10 @@ class SweepCallback(Callback):
             if latest and latest.get("step", 0) >= final.get("step", 0):
                 final = latest
                 status = status if status == "failed" else trial_status(latest)
+            decisions_file = self.trials_root / trial_id / DECISIONS_FILE
             try:
-                self.tracker.finish_child(self._runs[trial_id][0], status, final, artifacts)
+                self.tracker.finish_child(self._runs[trial_id][0], status, final, artifacts,
+                                          files=[decisions_file], tags=stop_tags(decisions_file))
             except Exception as exc:  # noqa: BLE001
                 self._outage(exc)
                 return

@@ -109,10 +109,17 @@ class BudgetSpec(_Spec):
 class SchedulerSpec(_Spec):
     """Early stopping of bad schedules."""
 
-    kind: Literal["asha", "none"] = Field("asha", description="'asha' (driven by tokens seen) or 'none'.")
-    grace_tokens: int | None = Field(None, ge=1, description="No stop before this many tokens; default: longest warmup + recovery window.")
+    kind: Literal["rewarm", "asha", "none"] = Field("rewarm", description=(
+        "'rewarm': schedule-aware stopping (per-trial warmup + recovery grace, smoothed objective at equal tokens, "
+        "forecast of the final objective, divergence at once; sweeps/stopper.py); 'asha': Ray Tune's ASHA on tokens "
+        "with one grace for all trials; 'none': every trial runs its full budget."))
+    grace_tokens: int | None = Field(None, ge=1, description="'asha' only: no stop before this many tokens; default: longest warmup + recovery window.")
     recovery_frac: float = Field(0.1, ge=0, le=1, description="Recovery window after warmup, as a share of the trial's tokens.")
-    reduction_factor: int = Field(3, ge=2, description="ASHA keeps 1/reduction_factor of trials at each rung.")
+    reduction_factor: int = Field(3, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
+    smoothing: float = Field(0.5, gt=0, le=1, description="'rewarm' only: EMA weight of the newest objective (1 = no smoothing).")
+    forecast: bool = Field(True, description="'rewarm' only: stop trials whose forecast final objective is dominated.")
+    forecast_min_trials: int = Field(3, ge=3, description="'rewarm' only: finished trials needed before forecasting.")
+    forecast_margin_sd: float = Field(1.0, ge=0, description="'rewarm' only: stop if forecast + this many prediction sd < best final.")
 
 
 class ResourcesSpec(_Spec):

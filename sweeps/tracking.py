@@ -200,17 +200,23 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH], tags=tags)
         return new_mark
 
-    def finish_child(self, run_id: str, status: str, final: dict, artifacts: dict[str, Path]) -> None:
+    def finish_child(self, run_id: str, status: str, final: dict, artifacts: dict[str, Path],
+                     files: list[Path] = (), tags: dict[str, str] | None = None) -> None:
+        """Close a trial's run: final metrics, status, checkpoints (dirs) and small files (e.g. decisions.jsonl)."""
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
         summary = [Metric(f"final/{k}", float(final[k]), now, int(final.get("step", 0)))
                    for k in (*EVAL_METRICS, "tokens", "step", "best_objective") if k in final and _finite(final[k])]
         self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, status)] + [
-            RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()])
+            RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()] + [
+            RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
         for name, path in artifacts.items():
             if path.exists() and _dir_size(path) <= ARTIFACT_COPY_LIMIT_BYTES:
                 self.client.log_artifacts(run_id, str(path), f"checkpoints/{name}")
+        for path in files:
+            if path.is_file():
+                self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(status, "FAILED"))
 
 

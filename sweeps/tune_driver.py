@@ -110,15 +110,35 @@ def grace_tokens(spec: SweepSpec, params: dict) -> int:
         return spec.scheduler.grace_tokens
     max_warmup = (bounds(params["warmup_frac"]) or (0.0, 0.0))[1]
     tokens = (max_warmup + spec.scheduler.recovery_frac) * spec.budget.tokens_per_trial
-    eval_tokens = max(1, round(spec.training.eval_every_tokens / spec.tokens_per_step)) * spec.tokens_per_step
-    return max(eval_tokens, math.ceil(tokens / eval_tokens) * eval_tokens)
+    every = eval_tokens(spec)
+    return max(every, math.ceil(tokens / every) * every)
 
 
-def make_scheduler(spec: SweepSpec, params: dict):
+def eval_tokens(spec: SweepSpec) -> int:
+    """Tokens between two report points."""
+    return max(1, round(spec.training.eval_every_tokens / spec.tokens_per_step)) * spec.tokens_per_step
+
+
+def stop_rule_config(spec: SweepSpec):
+    from sweeps.stopper import StopRuleConfig
+
+    s = spec.scheduler
+    return StopRuleConfig(
+        max_tokens=spec.steps_per_trial * spec.tokens_per_step,
+        recovery_tokens=round(s.recovery_frac * spec.budget.tokens_per_trial), min_grace_tokens=eval_tokens(spec),
+        reduction_factor=s.reduction_factor, smoothing=s.smoothing, forecast=s.forecast,
+        forecast_min_trials=s.forecast_min_trials, forecast_margin_sd=s.forecast_margin_sd)
+
+
+def make_scheduler(spec: SweepSpec, params: dict, decisions_root: str | None = None):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from sweeps.stopper import ScheduleAwareScheduler
 
     if spec.scheduler.kind == "none":
         return FIFOScheduler()
+    if spec.scheduler.kind == "rewarm":
+        return ScheduleAwareScheduler(stop_rule_config(spec), decisions_root)
     # time_attr is our own token count: Tune's training_iteration double-counts after a
     # Train retry and restarts at 0 after Tuner.restore (DESIGN.md).
     max_t = spec.steps_per_trial * spec.tokens_per_step
@@ -220,11 +240,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(spec, params), scheduler=make_scheduler(spec, params),
+                    search_alg=make_searcher(spec, params),
+                    scheduler=make_scheduler(spec, params, str(sweep_dir / TRIALS_DIR)),
                     num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=str(sweep_dir.parent), callbacks=[callback], verbose=0,
-                    stop=DivergenceStopper(),
+                    # The schedule-aware stopper stops divergence itself (and logs why).
+                    stop=None if spec.scheduler.kind == "rewarm" else DivergenceStopper(),
                     failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
             )
         grid = tuner.fit()
