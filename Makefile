@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-sweep clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ demo: install
 bench: install
 	$(BIN)/python -m benchmarks.trainer_bench
 	$(BIN)/python -m benchmarks.overhead_bench
+
+# Issue #7: search strategies vs a 36-config ground-truth grid (the grid is trained once, ~9 min
+# on 2 cores, and cached in benchmarks/results/sweep_ground_truth.json, which is committed).
+bench-sweep: install
+	$(BIN)/python -m benchmarks.sweep_efficiency
+	$(BIN)/python -m benchmarks.search_scale_bench
 
 clean:
 	rm -rf $(VENV) rewarm_runs mlflow.db mlruns .pytest_cache

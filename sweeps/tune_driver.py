@@ -49,10 +49,12 @@ def run_trial(config: dict, resolved: ResolvedSweep, sweep_dir: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from sweeps.train_run import train_torch_trainer
+    from trainers.worker import record_placement
 
     knobs = {k: config[k] for k in ("warmup_frac", "max_lr", "replay_ratio", "schedule")}
     trial_id = tune.get_context().get_trial_id()
     trials_root = Path(sweep_dir) / TRIALS_DIR
+    record_placement(trials_root / trial_id, "trial_driver")
     cfg = trial_config(resolved, knobs, run_dir=trials_root / trial_id)
     trainer = train_torch_trainer(json.loads(cfg.model_dump_json()), resolved.spec, run_name=trial_id,
                                   storage=str(trials_root), callbacks=[TuneReportCallback()])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -83,6 +85,27 @@ class RayReporter:
             shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
 
 
+PLACEMENT_DIR = "placement"
+
+
+def record_placement(run_dir: Path | None, role: str) -> None:
+    """Which Ray node ran this process (one file per role: rank0, rank1..., trial_driver).
+
+    Written to the shared run dir so that a sweep on a multi-node cluster can show, and its
+    tests assert, where trials and Train workers actually ran.
+    """
+    import ray
+
+    if run_dir is None:
+        return
+    ctx = ray.get_runtime_context()
+    record = {"role": role, "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+              "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    directory = run_dir / PLACEMENT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{role}.json").write_text(json.dumps(record))
+
+
 def pick_checkpoint(latest: Path | None, run_dir: Path | None, log=print) -> Path | None:
     """The newest checkpoint that verifies: Ray's latest first, then older ones in the run dir.
 
@@ -121,6 +144,7 @@ def train_worker(config: dict) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     rank = ray.train.get_context().get_world_rank()
+    record_placement(cfg.run_dir, f"rank{rank}")
     device = ray.train.torch.get_device()
     model = load_model(cfg, device)
     model = ray.train.torch.prepare_model(model)

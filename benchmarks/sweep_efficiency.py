@@ -1,0 +1,323 @@
+"""`make bench-sweep`: how much compute each search strategy needs to find a near-best schedule.
+
+1. Ground truth (`sweep_ground_truth.py`): every config of the 36-config grid of
+   `sweeps/specs/bench_sweep.yaml` trained once to the full budget; cached and committed.
+2. Every strategy runs on real Ray Tune (its real searcher and scheduler) with a *replay*
+   trainable: a trial reports its config's cached curve point by point, so a trial that the
+   scheduler stops after k reports has cost exactly the compute of those k reports. Training is
+   deterministic per config, so this is the curve the trial would have produced (the tabular
+   benchmark method of Syne Tune's blackbox repository and HPOBench). Trials run one at a time,
+   so the asynchronous schedulers' decisions do not depend on timing noise.
+3. For each strategy and seed: the chosen config (the best full-budget trial by its observed
+   final objective), its simple regret (grid best minus the chosen config's ground-truth final
+   objective), the compute used (tokens, and wall time estimated from the ground-truth runs'
+   measured seconds plus the measured per-trial start overhead of a real sweep), the anytime
+   regret-vs-compute curve, and false kills (stopped trials whose config is in the grid's top 10%).
+
+Results: `benchmarks/results/sweep_efficiency.json` and `sweep_efficiency.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.sweep_ground_truth import CACHE, REPO, SPEC, load_or_build
+
+RESULTS = REPO / "benchmarks" / "results"
+SEEDS = (0, 1, 2, 3, 4)
+NUM_TRIALS = 36              # every strategy gets as many trials as the grid has configs
+REGRET_GOAL = 0.02           # share of the grid's objective range
+COMPUTE_GOAL = 0.20          # share of the grid's compute
+KNOB_ORDER = ("max_lr", "replay_ratio", "warmup_frac", "schedule")
+
+
+def key(knobs: dict) -> str:
+    return json.dumps([knobs[k] for k in KNOB_ORDER])
+
+
+# ---------------------------------------------------------------------- the replay trainable
+
+
+def replay_trainable(config: dict, curves: dict, warmup_tokens: dict) -> None:
+    """Report the cached curve of this config, point by point, like a real trial would."""
+    from ray import tune
+
+    k = key(config)
+    for point in curves[k]:
+        tune.report({**point, "warmup_tokens": warmup_tokens[k], "config_key": k})
+
+
+# ---------------------------------------------------------------------- strategies
+
+
+def _axes(gt: dict) -> dict:
+    axes: dict[str, list] = {}
+    for c in gt["configs"]:
+        for name, v in c["knobs"].items():
+            if v not in axes.setdefault(name, []):
+                axes[name].append(v)
+    return axes
+
+
+def strategies(spec, gt: dict) -> dict:
+    """name -> function(seed, trials_root) returning (param_space, search_alg, scheduler, num_samples)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from search_spaces.params import Choice
+    from sweeps.stopper import ScheduleAwareScheduler
+    from sweeps.tune_driver import make_scheduler, make_searcher, stop_rule_config
+
+    axes = _axes(gt)
+    reports = len(gt["configs"][0]["curve"])
+    choice_params = {name: Choice(values=values) for name, values in axes.items()}
+
+    def with_seed(seed):
+        return spec.model_copy(update={"seed": seed, "budget": spec.budget.model_copy(
+            update={"num_trials": NUM_TRIALS, "max_concurrent": 1})})
+
+    def grid(seed, root):
+        return {n: tune.grid_search(v) for n, v in axes.items()}, None, FIFOScheduler(), 1
+
+    def random_asha(seed, root):
+        # Ray Tune's defaults: random search, ASHA on training_iteration (one per report) with
+        # its default grace_period=1 and reduction_factor=4.
+        space = {n: tune.choice(v) for n, v in axes.items()}
+        return (space, BasicVariantGenerator(random_state=seed),
+                ASHAScheduler(metric="objective", mode="max", max_t=reports), NUM_TRIALS)
+
+    def tpe(seed):
+        return make_searcher(with_seed(seed), choice_params)
+
+    def tpe_asha(seed, root):
+        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"kind": "asha"})})
+        return {}, tpe(seed), make_scheduler(s, choice_params), NUM_TRIALS
+
+    def tpe_rewarm(seed, root):
+        return {}, tpe(seed), ScheduleAwareScheduler(stop_rule_config(with_seed(seed)), root), NUM_TRIALS
+
+    def tpe_rewarm_no_forecast(seed, root):
+        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": False})})
+        return {}, tpe(seed), ScheduleAwareScheduler(stop_rule_config(s), root), NUM_TRIALS
+
+    def random_rewarm(seed, root):
+        space = {n: tune.choice(v) for n, v in axes.items()}
+        return space, BasicVariantGenerator(random_state=seed), ScheduleAwareScheduler(
+            stop_rule_config(with_seed(seed)), root), NUM_TRIALS
+
+    return {"grid": grid, "random+asha (Tune defaults)": random_asha, "tpe+asha": tpe_asha,
+            "random+rewarm": random_rewarm, "tpe+rewarm (no forecast)": tpe_rewarm_no_forecast,
+            "tpe+rewarm": tpe_rewarm}
+
+
+def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, storage: Path) -> list[dict]:
+    """One Tune run; returns the trials in the order they ended: config key and tokens reached."""
+    from ray import tune
+
+    slug = "".join(ch if ch.isalnum() else "_" for ch in name)
+    root = storage / f"{slug}-{seed}"
+    space, search_alg, scheduler, samples = make(seed, str(root / "decisions"))
+    tuner = tune.Tuner(
+        tune.with_parameters(replay_trainable, curves=curves_ref, warmup_tokens=warmup_ref),
+        param_space=space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=samples,
+                                    max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(name="run", storage_path=str(root), verbose=0),
+    )
+    grid = tuner.fit()
+    ended = []
+    for r in grid:
+        m = r.metrics
+        ended.append({"key": m["config_key"], "tokens": int(m["tokens"]), "observed": m["objective"],
+                      "end_time": m.get("timestamp", 0), "trial_id": m["trial_id"]})
+    # Trials ran one at a time: their trial ids are in start order, which is also end order.
+    return sorted(ended, key=lambda t: t["trial_id"])
+
+
+def evaluate(trials: list[dict], gt_by_key: dict, max_tokens: int, best: float, span: float, top_keys: set,
+             trial_start_s: float) -> dict:
+    """Regret and compute of one strategy run, anytime and at the end."""
+    compute = wall = 0.0
+    incumbent = None  # (observed final, key)
+    curve = []
+    false_kills = stopped = 0
+    for t in trials:
+        g = gt_by_key[t["key"]]
+        compute += t["tokens"]
+        wall += g["wall_s"] * t["tokens"] / max_tokens + trial_start_s
+        if t["tokens"] >= max_tokens:
+            if incumbent is None or t["observed"] > incumbent[0]:
+                incumbent = (t["observed"], t["key"])
+        else:
+            stopped += 1
+            false_kills += t["key"] in top_keys
+        regret = best - g_final(gt_by_key[incumbent[1]]) if incumbent else span
+        curve.append({"trials": len(curve) + 1, "tokens": compute, "wall_s": wall, "regret": regret / span})
+    return {"final_regret": curve[-1]["regret"], "tokens": compute, "wall_s": wall, "trials": len(trials),
+            "completed": len(trials) - stopped, "stopped": stopped, "false_kills": false_kills,
+            "chosen": incumbent[1] if incumbent else None, "curve": curve,
+            "tokens_to_goal": next((c["tokens"] for c in curve if c["regret"] <= REGRET_GOAL), None)}
+
+
+def g_final(config: dict) -> float:
+    return config["curve"][-1]["objective"]
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "600")  # replay runs need no fault tolerance
+    import tempfile
+
+    import ray
+
+    from sweeps.spec import load_spec
+    from trainers.schedules import ScheduleConfig, warmup_steps
+
+    t_start = time.time()
+    gt = load_or_build()
+    spec = load_spec(SPEC)
+    max_tokens = gt["tokens_per_trial"]
+    gt_by_key = {key(c["knobs"]): c for c in gt["configs"]}
+    finals = sorted((g_final(c) for c in gt["configs"]), reverse=True)
+    best, worst = finals[0], finals[-1]
+    span = best - worst
+    top_n = max(1, math.ceil(0.1 * len(finals)))
+    top_keys = {k for k, c in gt_by_key.items() if g_final(c) >= finals[top_n - 1]}
+    grid_tokens = max_tokens * len(gt["configs"])
+    overhead = json.loads((RESULTS / "overhead.json").read_text()) if (RESULTS / "overhead.json").exists() else {}
+    trial_start_s = overhead.get("start_overhead_s_median", 0.0) + overhead.get("end_overhead_s_median", 0.0)
+    steps = max_tokens // gt["tokens_per_step"]
+    warmup = {k: warmup_steps(ScheduleConfig(kind=c["knobs"]["schedule"], max_lr=c["knobs"]["max_lr"],
+                                             warmup_frac=c["knobs"]["warmup_frac"]), steps) * gt["tokens_per_step"]
+              for k, c in gt_by_key.items()}
+    curves = {k: c["curve"] for k, c in gt_by_key.items()}
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    curves_ref, warmup_ref = ray.put(curves), ray.put(warmup)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in strategies(spec, gt).items():
+            seeds = (0,) if name == "grid" else SEEDS
+            runs = []
+            for seed in seeds:
+                t0 = time.time()
+                trials = run_strategy(name, make, seed, gt, curves_ref, warmup_ref, Path(tmp))
+                run = evaluate(trials, gt_by_key, max_tokens, best, span, top_keys, trial_start_s)
+                run.update(seed=seed, driver_s=time.time() - t0)
+                runs.append(run)
+                print(f"{name:28s} seed {seed}: regret {run['final_regret']:.3%}, compute "
+                      f"{run['tokens'] / grid_tokens:.1%} of grid, {run['stopped']} stopped "
+                      f"({run['false_kills']} false kills), chosen {run['chosen']}  [{run['driver_s']:.0f} s]")
+            results[name] = summarize(runs, grid_tokens)
+    ray.shutdown()
+    report = {
+        "spec": str(SPEC.relative_to(REPO)), "ground_truth": str(CACHE.relative_to(REPO)),
+        "grid_configs": len(gt["configs"]), "grid_tokens": grid_tokens, "objective_best": best,
+        "objective_worst": worst, "top_10pct_configs": sorted(top_keys), "seeds": list(SEEDS),
+        "trials_per_run": NUM_TRIALS, "trial_start_overhead_s": trial_start_s,
+        "goal": {"regret_share_of_range": REGRET_GOAL, "compute_share_of_grid": COMPUTE_GOAL,
+                 "vs_random_asha": "at least 2x less compute for the same regret"},
+        "strategies": results, "goal_check": goal_check(results, grid_tokens),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "bench_wall_s": time.time() - t_start,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sweep_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, RESULTS / "sweep_efficiency.png")
+    print_table(report)
+
+
+def summarize(runs: list[dict], grid_tokens: int) -> dict:
+    def stats(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
+        return {"mean": statistics.fmean(values), "sd": statistics.pstdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values), "n": len(values)}
+
+    stopped = sum(r["stopped"] for r in runs)
+    return {
+        "final_regret": stats([r["final_regret"] for r in runs]),
+        "compute_share": stats([r["tokens"] / grid_tokens for r in runs]),
+        "wall_s": stats([r["wall_s"] for r in runs]),
+        "compute_share_to_goal": stats([r["tokens_to_goal"] / grid_tokens if r["tokens_to_goal"] else None
+                                        for r in runs]),
+        "runs_reaching_goal": sum(r["tokens_to_goal"] is not None for r in runs), "runs": len(runs),
+        "stopped_trials": stopped, "false_kills": sum(r["false_kills"] for r in runs),
+        "false_kill_rate": sum(r["false_kills"] for r in runs) / stopped if stopped else 0.0,
+        "per_seed": runs,
+    }
+
+
+def goal_check(results: dict, grid_tokens: int) -> dict:
+    """Where each strategy lands against the goal: regret <= 2% of range within 20% of the grid's compute."""
+    out = {}
+    ref = results.get("random+asha (Tune defaults)", {}).get("compute_share_to_goal", {}).get("mean")
+    for name, r in results.items():
+        share = r["compute_share_to_goal"]["mean"]
+        out[name] = {
+            "mean_compute_share_to_goal": share,
+            "all_seeds_reach_goal_within_20pct": all(
+                run["tokens_to_goal"] is not None and run["tokens_to_goal"] / grid_tokens <= COMPUTE_GOAL
+                for run in r["per_seed"]),
+            "compute_vs_random_asha": (share / ref) if share and ref else None,
+        }
+    return out
+
+
+def print_table(report: dict) -> None:
+    print(f"\nGrid: {report['grid_configs']} configs; objective range {report['objective_worst']:.3f}.."
+          f"{report['objective_best']:.3f}; goal: regret <= {REGRET_GOAL:.0%} of range with <= {COMPUTE_GOAL:.0%} of "
+          f"the grid's compute\n")
+    print(f"{'strategy':28s} {'regret (mean+-sd)':>18s} {'compute':>14s} {'to goal':>14s} {'reach':>6s} "
+          f"{'stopped':>8s} {'false kills':>11s} {'wall (est)':>11s}")
+    for name, r in report["strategies"].items():
+        fr, cs, cg = r["final_regret"], r["compute_share"], r["compute_share_to_goal"]
+        to_goal = f"{cg['mean']:.1%}+-{cg['sd']:.1%}" if cg["mean"] is not None else "never"
+        print(f"{name:28s} {fr['mean']:>9.2%}+-{fr['sd']:<7.2%} {cs['mean']:>7.1%}+-{cs['sd']:<5.1%} {to_goal:>14s} "
+              f"{r['runs_reaching_goal']}/{r['runs']:<4d} {r['stopped_trials']:>8d} {r['false_kills']:>5d} "
+              f"({r['false_kill_rate']:.0%}) {r['wall_s']['mean'] / 60:>8.1f} min")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    grid_tokens = report["grid_tokens"]
+    xs = np.linspace(0, 1.0, 201)
+    for name, r in report["strategies"].items():
+        ys = []
+        for run in r["per_seed"]:
+            share = np.array([c["tokens"] / grid_tokens for c in run["curve"]])
+            regret = np.array([c["regret"] for c in run["curve"]])
+            idx = np.searchsorted(share, xs, side="right") - 1
+            ys.append(np.where(idx >= 0, regret[np.clip(idx, 0, None)], 1.0))
+        ys = np.array(ys)
+        mean = ys.mean(axis=0)
+        line, = ax.plot(xs, mean, label=name)
+        if len(ys) > 1:
+            ax.fill_between(xs, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.15)
+    ax.axhline(REGRET_GOAL, color="grey", ls="--", lw=1)
+    ax.axvline(COMPUTE_GOAL, color="grey", ls=":", lw=1)
+    ax.set_xlabel("compute used (share of the full grid's tokens)")
+    ax.set_ylabel("simple regret (share of the objective's range)")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Sweep efficiency on the {report['grid_configs']}-config toy grid (mean, min-max over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
