@@ -91,7 +91,28 @@ def _classify(exc: Exception) -> tuple[int | None, str]:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, RunFailed):
         return (EXIT_USAGE if exc.user_error else EXIT_RUN_FAILED), str(exc)
+    mlflow_error = _mlflow_error(exc)
+    if mlflow_error:
+        return EXIT_USAGE, mlflow_error
+    if type(exc).__name__ in ("ConnectionError", "AuthenticationError") and "ray" in type(exc).__module__ + str(exc).lower():
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return EXIT_USAGE, (f"cannot join the Ray cluster ({first[:300]}); check --address / RAY_ADDRESS, and for a "
+                            f"cluster with token auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN")
     return None, str(exc)
+
+
+def _mlflow_error(exc: Exception) -> str | None:
+    """A tracking-server refusal (bad credentials, permissions) as one line that says the fix."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    status = getattr(exc, "get_http_status_code", lambda: None)()
+    if status in (401, 403) or "401" in text or "403" in text or "nauthorized" in text:
+        return (f"the MLflow tracking server refused the request ({text[:200]}); set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD for a user with access")
+    return f"MLflow: {text[:300]}"
 
 
 def _default_uri(explicit: str | None) -> str:

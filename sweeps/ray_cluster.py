@@ -39,5 +39,7 @@ def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 
         ray.init(address=address, **kwargs)
     else:
         # Trial drivers ask for this custom resource instead of a CPU (DESIGN.md).
-        ray.init(dashboard_host="127.0.0.1", resources={"rewarm_trial_slot": trial_slots}, **kwargs)
+        # address="local": always a new private cluster, even where a Ray node already runs on
+        # this machine (joining one is what --address / RAY_ADDRESS are for).
+        ray.init(address="local", dashboard_host="127.0.0.1", resources={"rewarm_trial_slot": trial_slots}, **kwargs)
     return ray.cluster_resources()

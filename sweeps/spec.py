@@ -154,7 +154,17 @@ class SweepSpec(_Spec):
     scheduler: SchedulerSpec = Field(SchedulerSpec(), description="Early stopping.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Workers and devices per trial.")
     tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow.")
-    storage_path: str = Field("rewarm_runs", description="Checkpoints and Ray results (relative paths are under the working directory).")
+    storage_path: str = Field("rewarm_runs", description="Checkpoints and Ray results: a path every Ray node mounts (relative paths are under the working directory).")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _local_or_mounted(cls, v):
+        # The sweep driver reads trials' curves from this path and Ray Train writes checkpoints
+        # to it from every node, so it must be one filesystem path that all nodes mount.
+        if "://" in v:
+            raise ValueError(f"{v!r}: URIs are not supported; mount the bucket or share (NFS, EFS, GCS FUSE) at "
+                             f"the same path on every node and give that path (see infra/README.md)")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -226,8 +236,6 @@ class SweepSpec(_Spec):
                 or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
 
     def storage_dir(self) -> str:
-        if "://" in self.storage_path:
-            return self.storage_path
         return str(Path(self.storage_path).expanduser().resolve())
 
 

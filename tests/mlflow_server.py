@@ -1,4 +1,4 @@
-"""A real `mlflow server` process for tests (SQLite backend behind the server, loopback only)."""
+"""A real `mlflow server` process for tests (SQLite or Postgres behind the server, loopback only)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, backend_uri: str | None = None):
         self.root, self.port = root, port or free_port()
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -30,7 +31,7 @@ class MlflowServer:
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(
             [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout_s

@@ -1,4 +1,4 @@
-"""A real small sweep: local Ray, Tune + Optuna + ASHA, Train workers, a real SQLite MLflow store;
+"""A real small sweep: local Ray, Tune + Optuna + the schedule-aware stopper, Train workers, a real SQLite MLflow store;
 then `rewarm best` reads it back with no Ray, and `--export` reruns the winner exactly."""
 
 import json
@@ -25,7 +25,7 @@ def sweep(local_ray, toy_world, tmp_path_factory):
         tmp, name="e2e",
         search_space={"name": "default", "params": {}},
         budget={"num_trials": 4, "max_concurrent": 2, "tokens_per_trial": 512 * 24},
-        scheduler={"kind": "asha", "reduction_factor": 2},
+        scheduler={"kind": "rewarm", "reduction_factor": 2},
         tracking={"uri": uri, "experiment": "e2e"},
     )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -137,3 +137,20 @@ def test_diverging_trial_is_marked_never_ranked_and_the_sweep_goes_on(local_ray,
     _, trials = load_sweep(client, "blowup")
     assert all(client.get_run(t["run_id"]).info.status == "FAILED" for t in trials if t["status"] == "diverged")
     assert {t["status"] for t in rank(trials)} == {"completed"}  # never ranked
+
+
+def test_every_stopper_decision_is_logged_to_the_trial_run(sweep, tmp_path):
+    _, uri, outcome, _ = sweep
+    client = MlflowClient(uri)
+    parent = client.get_run(outcome.parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    for child in children:
+        local = client.download_artifacts(child.info.run_id, "decisions.jsonl", str(tmp_path / child.info.run_id))
+        rows = [json.loads(line) for line in open(local).read().splitlines()]
+        evals = client.get_metric_history(child.info.run_id, "eval/objective")
+        assert len(rows) == len(evals) and all(r["reason"] for r in rows)  # one decision per eval point
+        stopped = child.data.tags["rewarm.status"] == "early_stopped"
+        assert (rows[-1]["action"] == "stop") == stopped
+        assert child.data.tags["rewarm.stopper.decisions"] == str(len(rows))
+        assert child.data.tags["rewarm.stopper.reason"].startswith(f"at {rows[-1]['tokens'] if stopped else ''}")

@@ -1,0 +1,58 @@
+"""A sweep against a real `mlflow server` process backed by a real PostgreSQL server, read back
+through `rewarm best` over HTTP; the runs are checked in Postgres itself."""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import SMALL_RUN, changed
+from tests.mlflow_server import MlflowServer
+from tests.postgres import PostgresServer, postgres_bin_dir
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.skipif(postgres_bin_dir() is None,
+                                 reason="PostgreSQL not installed and `make test` could not install it")]
+
+
+@pytest.fixture
+def mlflow_on_postgres(tmp_path):
+    pg = PostgresServer().start()
+    server = None
+    try:
+        pg.sql("create database mlflow")
+        server = MlflowServer(tmp_path, backend_uri=pg.uri("mlflow")).start()
+        yield pg, server
+    finally:
+        if server:
+            server.stop()
+        pg.stop()
+
+
+def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, toy_world, rewarm_bin, private_ray):
+    pg, server = mlflow_on_postgres
+    raw = changed(SMALL_RUN, {
+        "name": "pgsweep", "storage_path": str(tmp_path / "runs"),
+        "search_space.params": {"max_lr": 3e-3, "warmup_frac": 0.1, "schedule": "cosine",
+                                "replay_ratio": {"type": "uniform", "low": 0.0, "high": 0.25}},
+        "budget.num_trials": 2, "budget.max_concurrent": 2, "budget.tokens_per_trial": 512 * 8,
+        "scheduler.kind": "none", "tracking": {"uri": server.uri, "experiment": "pg"},
+    })
+    spec = tmp_path / "pg.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    env = private_ray.env(__import__("os").environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([rewarm_bin, "sweep", str(spec)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    best = subprocess.run([rewarm_bin, "best", "--sweep", "pgsweep", "--tracking-uri", server.uri, "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert best.returncode == 0, best.stderr
+    rows = json.loads(best.stdout)
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+    # The runs live in Postgres: the parent and both trials, all finished, with their curves.
+    statuses = pg.sql("select status from runs order by status", db="mlflow").split()
+    assert statuses == ["FINISHED"] * 3
+    points = int(pg.sql("select count(*) from metrics where key = 'train/loss'", db="mlflow"))
+    assert points == 2 * 8  # 8 steps per trial, each logged once
