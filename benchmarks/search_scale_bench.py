@@ -65,6 +65,7 @@ def time_scheduler(make) -> dict:
     marks, times = {}, []
     for i in range(1, HISTORY + 1):
         trial = _Trial(f"t{i:05d}")
+        scheduler.on_trial_add(None, trial)
         curve = synthetic_curve(rng)
         last = {}
         for k, value in enumerate(curve, 1):
