@@ -129,10 +129,23 @@ def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.
     if unexpected or [k for k in missing if not k.endswith("masked_bias") and not k.endswith(".bias_mask")]:
         raise CheckpointError(f"checkpoint {directory}: weights do not match the model "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
-    rng = torch.load(directory / "rng.pt", weights_only=True)
+    optimizer.load_state_dict(_load_tensors(directory / "optimizer.pt", device))
+    rng = _load_tensors(directory / "rng.pt", None)
     restore_rng(rng[rank] if rank < len(rng) else rng[0])
     return TrainState.model_validate_json((directory / "state.json").read_text())
+
+
+def _load_tensors(path: Path, device) -> object:
+    """torch.load restricted to tensors and plain containers: a checkpoint is never trusted to
+    run code (a matching manifest proves integrity, not origin)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} holds more than tensors; refusing to "
+                              f"unpickle it ({first[:160]})") from None
 
 
 def read_state(directory: Path) -> TrainState:
