@@ -37,6 +37,8 @@ demo: install
 	$(BIN)/rewarm train sweeps/specs/smoke.yaml
 	$(BIN)/rewarm sweep sweeps/specs/demo.yaml --set name=$(DEMO_NAME)
 	$(BIN)/rewarm best --sweep $(DEMO_NAME) --top 5
+	$(BIN)/rewarm analyze --sweep $(DEMO_NAME)
+	$(BIN)/rewarm report --sweep $(DEMO_NAME) --out reports/$(DEMO_NAME)
 	@echo "MLflow UI: $$($(BIN)/rewarm ui)"
 
 bench: install

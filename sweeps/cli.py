@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--experiment", help="MLflow experiment (default: search all)")
 
+    p = sub.add_parser("analyze", help="downstream task metrics vs pre-training loss over a sweep (thresholds, correlations)")
+    p.add_argument("--sweep", required=True, help="sweep name")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--experiment", help="MLflow experiment (default: search all)")
+
+    p = sub.add_parser("report", help="write an HTML report with plots of a sweep (also logged to its MLflow run)")
+    p.add_argument("--sweep", required=True, help="sweep name")
+    p.add_argument("--out", required=True, help="directory for report.html and its PNGs")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--experiment", help="MLflow experiment (default: search all)")
+
     p = sub.add_parser("ui", help="print (or run) the MLflow UI command for the sweep's store")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--port", type=int, default=5000)
@@ -126,6 +138,10 @@ def _dispatch(args) -> int:
 
     if args.command == "best":
         return _best(args)
+    if args.command == "analyze":
+        return _analyze(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "ui":
         return _ui(args)
     if args.command == "resume":
@@ -195,6 +211,26 @@ def _best(args) -> int:
             raise SpecErrorLike("nothing to export: no trial passes the filters")
         export_spec(client, parent, rows[0], Path(args.export))
         print(f"[rewarm] wrote {args.export}: rerun with `rewarm train {args.export}`", file=sys.stderr)
+    return 0
+
+
+def _analyze(args) -> int:
+    from sweeps.analyze import analyze_sweep, render_table, to_json
+    from sweeps.best import open_client
+
+    result = analyze_sweep(open_client(_default_uri(args.tracking_uri)), args.sweep, args.experiment)
+    print(to_json(result) if args.format == "json" else render_table(result["rows"]))
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from sweeps.best import open_client
+    from sweeps.report import write_report
+
+    page = write_report(open_client(_default_uri(args.tracking_uri)), args.sweep, Path(args.out), args.experiment)
+    print(f"[rewarm] report: {page.resolve()}")
     return 0
 
 

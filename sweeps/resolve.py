@@ -31,6 +31,7 @@ class ResolvedSweep:
     upstream: PreparedDomain
     downstream: PreparedDomain
     base_reference: BaseReference
+    tasks: tuple = ()  # TokenizedTask per spec task, in spec order
 
 
 def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> ResolvedSweep:
@@ -58,9 +59,35 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> Resolv
                                              spec.data.val_fraction, spec.data.val_sequences, cache_dir)
         except DataError as exc:
             raise ResolveError(f"data.{field}: {exc}") from None
+    tasks = build_tasks(spec, tokenizer_path)
     base = measure_base_reference(model_path, spec.model.dtype, prepared["upstream"], prepared["downstream"],
-                                  spec.training.eval_batch_size, cache_dir)
-    return ResolvedSweep(spec, model_path, tokenizer_path, prepared["upstream"], prepared["downstream"], base)
+                                  spec.training.eval_batch_size, cache_dir, tasks,
+                                  {t.name: t.length_normalized for t in spec.tasks})
+    return ResolvedSweep(spec, model_path, tokenizer_path, prepared["upstream"], prepared["downstream"], base,
+                         tuple(tasks))
+
+
+def build_tasks(spec: SweepSpec, tokenizer_path: str) -> list:
+    """Load (or generate, for toy tasks) and tokenize every task of the spec."""
+    from transformers import AutoTokenizer
+
+    from trainers.tasks import TaskError, load_task_jsonl, tokenize_task
+    from trainers.toy_tasks import toy_task_examples
+
+    if not spec.tasks:
+        return []
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    out = []
+    for i, task in enumerate(spec.tasks):
+        try:
+            if task.path.startswith(TOY_DATA_PREFIX):
+                examples = toy_task_examples(spec.toy_world, task.path.removeprefix(TOY_DATA_PREFIX))
+            else:
+                examples = load_task_jsonl(task.path)
+            out.append(tokenize_task(task.name, examples[:task.max_examples], tokenizer))
+        except TaskError as exc:
+            raise ResolveError(f"tasks[{i}] ({task.name}): {exc}") from None
+    return out
 
 
 def _check_seq_len(model_path: str, seq_len: int) -> None:
@@ -77,9 +104,13 @@ def _check_seq_len(model_path: str, seq_len: int) -> None:
 
 
 def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain, downstream: PreparedDomain,
-                           eval_batch_size: int, cache_dir: Path) -> BaseReference:
-    """L_up and L_down of the base model on the shared validation sets, cached on disk."""
-    key = hashlib.sha256(json.dumps([model_path, dtype, str(upstream.val), str(downstream.val)]).encode()).hexdigest()[:16]
+                           eval_batch_size: int, cache_dir: Path, tasks: list = (),
+                           length_normalized: dict | None = None) -> BaseReference:
+    """L_up, L_down and task metrics of the base model on the shared sets, cached on disk."""
+    length_normalized = length_normalized or {}
+    task_key = [[t.model_dump_json(), length_normalized.get(t.name, False)] for t in tasks]
+    key = hashlib.sha256(json.dumps([model_path, dtype, str(upstream.val), str(downstream.val), task_key])
+                         .encode()).hexdigest()[:16]
     path = cache_dir / "base_reference" / f"{key}.json"
     if path.exists():
         return BaseReference.model_validate_json(path.read_text())
@@ -95,9 +126,13 @@ def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
     autocast = device.type == "cuda"
+    from trainers.tasks import evaluate_task
+
     ref = BaseReference(
         L_up=validation_loss(model, load_blocks(upstream.val), eval_batch_size, device, autocast),
         L_down=validation_loss(model, load_blocks(downstream.val), eval_batch_size, device, autocast),
+        tasks={t.name: {**evaluate_task(model, t, device, length_normalized.get(t.name, False), autocast),
+                        "chance_accuracy": t.chance_accuracy} for t in tasks},
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(ref.model_dump_json())
@@ -111,6 +146,8 @@ def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = No
     per_step = spec.tokens_per_step
     eval_every = max(1, round(t.eval_every_tokens / per_step))
     checkpoint_every = max(eval_every, round(t.checkpoint_every_tokens / per_step))
+    task_every = (None if t.task_eval_every_tokens is None
+                  else eval_every * max(1, round(t.task_eval_every_tokens / per_step / eval_every)))
     schedule = ScheduleConfig(
         kind=knobs["schedule"], max_lr=float(knobs["max_lr"]), warmup_frac=float(knobs["warmup_frac"]),
         min_lr_ratio=t.min_lr_ratio, constant_lr_ratio=t.constant_lr_ratio, cooldown_frac=t.cooldown_frac,
@@ -124,7 +161,9 @@ def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = No
             total_steps=steps, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
             seq_len=spec.data.seq_len, eval_every=eval_every, eval_batch_size=t.eval_batch_size,
             checkpoint_every=checkpoint_every, divergence_factor=t.divergence_factor, seed=spec.seed,
+            task_eval_every=task_every,
         ),
         objective=spec.objective, base_reference=resolved.base_reference, run_dir=run_dir,
+        tasks=list(resolved.tasks), length_normalized={x.name: x.length_normalized for x in spec.tasks},
         torch_threads=max(1, int(spec.resources.cpus_per_worker)) if spec.resources.gpus_per_worker == 0 else None,
     )

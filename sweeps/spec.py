@@ -57,6 +57,31 @@ class DataSpec(_Spec):
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of documents held out for validation.")
 
 
+class TaskSpec(_Spec):
+    """A multiple-choice downstream task scored at task-eval points (README: "Tasks")."""
+
+    name: str = Field(description="Name in metrics (task/<name>/accuracy) and in objective.task.")
+    path: str = Field(description="A JSONL task file (prompt, choices, answer), or 'toy:next_word' / 'toy:successor_rank'.")
+    length_normalized: bool = Field(False, description="Score each choice by its mean per-token log-likelihood instead of the sum.")
+    max_examples: int | None = Field(None, ge=1, description="Use at most this many examples (the first ones).")
+
+    @field_validator("name")
+    @classmethod
+    def _metric_safe(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names MLflow metrics)")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _known_toy_task(cls, v):
+        from trainers.toy_tasks import TOY_TASKS
+
+        if v.startswith(TOY_DATA_PREFIX) and v.removeprefix(TOY_DATA_PREFIX) not in TOY_TASKS:
+            raise ValueError(f"unknown toy task {v!r}; use one of {[TOY_DATA_PREFIX + t for t in TOY_TASKS]}")
+        return v
+
+
 class TrainingSpec(_Spec):
     """Training settings shared by every trial."""
 
@@ -71,6 +96,7 @@ class TrainingSpec(_Spec):
     eval_every_tokens: int = Field(16384, ge=1, description="Tokens between evaluations and reports (rounded to whole steps).")
     eval_batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
     checkpoint_every_tokens: int = Field(65536, ge=1, description="Tokens between checkpoints (taken at the next eval).")
+    task_eval_every_tokens: int | None = Field(None, ge=1, description="Tokens between task evaluations (at the next eval); default: at every checkpoint and at the end.")
     divergence_factor: float = Field(2.0, gt=1, description="A trial diverged when its loss EMA exceeds this times its first loss.")
 
 
@@ -154,6 +180,7 @@ class SweepSpec(_Spec):
     scheduler: SchedulerSpec = Field(SchedulerSpec(), description="Early stopping.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Workers and devices per trial.")
     tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow.")
+    tasks: list[TaskSpec] = Field(default_factory=list, description="Downstream multiple-choice tasks to score during training.")
     storage_path: str = Field("rewarm_runs", description="Checkpoints and Ray results: a path every Ray node mounts (relative paths are under the working directory).")
 
     @field_validator("storage_path")
@@ -187,6 +214,11 @@ class SweepSpec(_Spec):
         if self.uses_toy_model and self.data.seq_len > self.toy_world.max_positions:
             raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds the model's maximum "
                              f"sequence length ({self.toy_world.max_positions})")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: task names must be unique (got {names})")
+        if self.objective.task is not None and self.objective.task not in names:
+            raise ValueError(f"objective.task {self.objective.task!r} is not one of the spec's tasks {names}")
         self.pretrain_lr()  # raises naming model.pretrain_max_lr when it cannot be known
         try:
             self.knob_params()

@@ -27,7 +27,8 @@ _MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverge
                   "failed": "FAILED", "interrupted": "KILLED"}
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                 "tokens_per_s": "train/tokens_per_s", "tokens": "train/tokens", "upstream_seqs": "train/upstream_seqs"}
-EVAL_METRICS = ("L_up", "L_down", "gain", "forgetting", "objective", "avg_loss")
+EVAL_METRICS = ("L_up", "L_down", "gain", "forgetting", "objective", "avg_loss", "task_gain")
+TASK_PREFIX = "task/"  # task metrics keep their own names: task/<task>/<accuracy|correct_prob|brier>
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
@@ -116,7 +117,7 @@ class Tracker:
         now = _now_ms()
         self.client.log_batch(
             self.parent_run_id,
-            metrics=[Metric(f"base/{k}", v, now, 0) for k, v in base_reference.items()],
+            metrics=[Metric(f"base/{k}", v, now, 0) for k, v in _flatten(base_reference).items()],
             params=[Param(k, _param_text(v)) for k, v in params.items()],
             tags=[RunTag("rewarm.search_space", json.dumps(search_space))])
         self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
@@ -190,6 +191,8 @@ class Tracker:
             ts = _now_ms()
             metrics += [Metric(f"eval/{k}", float(rep[k]), ts, rep["step"]) for k in EVAL_METRICS
                         if k in rep and _finite(rep[k])]
+            metrics += [Metric(k, float(v), ts, rep["step"]) for k, v in rep.items()
+                        if k.startswith(TASK_PREFIX) and _finite(v)]
         if not metrics:
             return logged_step
         new_mark = max([logged_step] + [r["step"] for r in steps] + [r["step"] for r in reports])
@@ -208,6 +211,8 @@ class Tracker:
         now = _now_ms()
         summary = [Metric(f"final/{k}", float(final[k]), now, int(final.get("step", 0)))
                    for k in (*EVAL_METRICS, "tokens", "step", "best_objective") if k in final and _finite(final[k])]
+        summary += [Metric(f"final/{k}", float(v), now, int(final.get("step", 0))) for k, v in final.items()
+                    if k.startswith(TASK_PREFIX) and _finite(v)]
         self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, status)] + [
             RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()] + [
             RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
@@ -222,6 +227,18 @@ class Tracker:
 
 # Checkpoints above this size are linked (tag with their storage path), not copied.
 ARTIFACT_COPY_LIMIT_BYTES = 64 * 2**20
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    """{"L_up": 2.1, "tasks": {"t": {"accuracy": 0.3}}} -> {"L_up": 2.1, "task/t/accuracy": 0.3}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{'task' if k == 'tasks' and not prefix else k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        elif _finite(v):
+            out[key] = float(v)
+    return out
 
 
 def _dir_size(path: Path) -> int:

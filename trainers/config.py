@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainers.data import PreparedDomain
 from trainers.objective import BaseReference, ObjectiveConfig
+from trainers.tasks import TokenizedTask
 from trainers.schedules import ScheduleConfig
 
 
@@ -43,6 +44,7 @@ class LoopConfig(BaseModel):
     eval_every: int = Field(ge=1, description="Steps between evaluations of L_up and L_down (and reports).")
     eval_batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
     checkpoint_every: int = Field(ge=1, description="Steps between checkpoints (rounded up to an eval point).")
+    task_eval_every: int | None = Field(None, ge=1, description="Steps between task evaluations (at an eval point); None: at checkpoints and at the end.")
     evaluate: bool = Field(True, description="Evaluate at report points (off only for throughput benchmarks).")
     divergence_factor: float = Field(2.0, gt=1, description="Diverged when the loss EMA exceeds this times the first step's loss.")
     save_best: bool = Field(True, description="Rank 0 keeps the weights of the best eval so far in run_dir/best_model.")
@@ -71,6 +73,8 @@ class TrialConfig(BaseModel):
     loop: LoopConfig
     objective: ObjectiveConfig = ObjectiveConfig()
     base_reference: BaseReference | None = Field(None, description="Base model losses; measured at step 0 when absent.")
+    tasks: list[TokenizedTask] = Field(default_factory=list, description="Downstream tasks scored at task-eval points.")
+    length_normalized: dict[str, bool] = Field(default_factory=dict, description="Per task: score choices per token.")
     run_dir: Path | None = Field(None, description="Where rank 0 appends the per-step curve (curves.jsonl).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per worker (its CPU share).")
 

@@ -26,6 +26,7 @@ from trainers.config import TrialConfig
 from trainers.data import load_blocks
 from trainers.evaluation import validation_loss
 from trainers.objective import BaseReference, score
+from trainers.tasks import evaluate_task
 from trainers.replay import ReplayMixer
 from trainers.schedules import lr_at, warmup_steps
 
@@ -83,7 +84,7 @@ class Trainer:
             # Nobody measured the base model for us: at step 0 the model *is* the base.
             if self.state.step != 0:
                 raise ValueError("resuming needs base_reference in the config")
-            self.base = BaseReference(**self._evaluate())
+            self.base = BaseReference(**self._evaluate(), tasks=self._evaluate_tasks(with_chance=True))
         end = loop.total_steps if loop.stop_after_step is None else min(loop.total_steps, loop.stop_after_step)
         status, metrics = RUNNING, {}
         self.model.train()
@@ -161,6 +162,26 @@ class Trainer:
         return {"L_up": validation_loss(self.model, self.val_up, bs, self.device, ac),
                 "L_down": validation_loss(self.model, self.val_down, bs, self.device, ac)}
 
+    def _evaluate_tasks(self, with_chance: bool = False) -> dict[str, dict[str, float]]:
+        out = {}
+        for task in self.cfg.tasks:
+            out[task.name] = evaluate_task(self.model, task, self.device,
+                                           self.cfg.length_normalized.get(task.name, False), self.autocast)
+            if with_chance:
+                out[task.name]["chance_accuracy"] = task.chance_accuracy
+        return out
+
+    def _tasks_due(self, status: str) -> bool:
+        """Tasks cost more than losses: score them at fewer points (the end, checkpoints or a cadence)."""
+        cfg, s = self.cfg, self.state
+        if not cfg.tasks:
+            return False
+        if cfg.objective.task is not None or status in (COMPLETED, STOPPED):
+            return True  # a task in the objective is needed at every report point
+        if cfg.loop.task_eval_every is not None:
+            return s.step % cfg.loop.task_eval_every == 0
+        return s.step - self._last_checkpoint_step >= cfg.loop.checkpoint_every
+
     def _report_point(self, status: str) -> dict:
         cfg, s = self.cfg, self.state
         last = self._pending[-1] if self._pending else {
@@ -173,7 +194,9 @@ class Trainer:
             * cfg.loop.global_batch_size * cfg.loop.seq_len,
         }
         if cfg.loop.evaluate and status != DIVERGED:
-            metrics.update(score(**self._evaluate(), base=self.base, cfg=cfg.objective))
+            tasks = self._evaluate_tasks() if self._tasks_due(status) else {}
+            metrics.update(score(**self._evaluate(), base=self.base, cfg=cfg.objective, tasks=tasks))
+            metrics.update({f"task/{name}/{k}": v for name, values in tasks.items() for k, v in values.items()})
             if s.best_objective is None or metrics["objective"] > s.best_objective:
                 s.best_objective = metrics["objective"]
                 if cfg.loop.save_best and cfg.run_dir is not None and self.rank == 0:

@@ -1,0 +1,236 @@
+"""`rewarm report`: one self-contained HTML page (plus the PNGs beside it) for a finished sweep.
+
+Plots, all read back from MLflow: L_up and L_down against tokens for every trial (coloured by
+max LR, stopped trials marked), the LR schedules actually run, gain vs forgetting with the
+Pareto front and the chosen config, a parallel-coordinates view of knobs vs objective, and
+per-task metric vs L_down with the fitted threshold. The page embeds the PNGs (base64) so it
+can be mailed or opened anywhere; it is also logged to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from sweeps.analyze import analyze_sweep, render_table
+from sweeps.best import rank
+
+PLOTS = ("curves", "schedules", "tradeoff", "parallel", "tasks")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _histories(client, trials: list[dict], keys: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    out = {}
+    for t in trials:
+        out[t["trial_id"]] = {k: sorted((m.step, m.value) for m in client.get_metric_history(t["run_id"], k))
+                              for k in keys}
+    return out
+
+
+def _lr_colors(trials):
+    plt = _plt()
+    import matplotlib.colors as mcolors
+
+    lrs = [t.get("max_lr") or 1e-4 for t in trials]
+    norm = mcolors.LogNorm(vmin=min(lrs), vmax=max(lrs) * (1.0001 if min(lrs) == max(lrs) else 1))
+    cmap = plt.get_cmap("viridis")
+    return {t["trial_id"]: cmap(norm(t.get("max_lr") or 1e-4)) for t in trials}, norm, cmap
+
+
+def plot_curves(trials, hist, tokens_per_step, path: Path) -> None:
+    plt = _plt()
+    colors, norm, cmap = _lr_colors(trials)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, key, title in ((axes[0], "eval/L_down", "L_down (new domain)"), (axes[1], "eval/L_up", "L_up (old domain)")):
+        for t in trials:
+            pts = hist[t["trial_id"]][key]
+            if not pts:
+                continue
+            x = [s * tokens_per_step for s, _ in pts]
+            y = [v for _, v in pts]
+            ax.plot(x, y, color=colors[t["trial_id"]], lw=1.2, alpha=0.9)
+            if t["status"] in ("early_stopped", "diverged", "failed"):
+                ax.plot(x[-1], y[-1], marker="x", color="crimson", ms=7)
+        ax.set_title(title)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("nats/token")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="max LR")
+    axes[0].plot([], [], "x", color="crimson", label="stopped early / diverged")
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_schedules(trials, hist, tokens_per_step, path: Path) -> None:
+    plt = _plt()
+    colors, norm, cmap = _lr_colors(trials)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for t in trials:
+        pts = hist[t["trial_id"]]["train/lr"]
+        if pts:
+            ax.plot([s * tokens_per_step for s, _ in pts], [v for _, v in pts], color=colors[t["trial_id"]], lw=1)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("learning rate (as run)")
+    ax.set_title("LR schedules actually run (re-warmed, then decayed)")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="max LR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of (gain, forgetting) points no other point beats on both (more gain, less forgetting)."""
+    front = []
+    for i, (g, f) in enumerate(points):
+        if not any((g2 >= g and f2 <= f) and (g2 > g or f2 < f) for j, (g2, f2) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][1])
+
+
+def plot_tradeoff(trials, chosen, path: Path) -> None:
+    plt = _plt()
+    done = [t for t in trials if "gain" in t and "forgetting" in t and t["status"] not in ("diverged", "failed")]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if done:
+        pts = [(t["gain"], t["forgetting"]) for t in done]
+        sc = ax.scatter([p[1] for p in pts], [p[0] for p in pts], c=[t.get("replay_ratio", 0) for t in done],
+                        cmap="plasma", s=[60 if t["status"] == "completed" else 25 for t in done], edgecolors="k", lw=0.5)
+        fig.colorbar(sc, ax=ax, label="replay ratio")
+        front = pareto_front(pts)
+        ax.plot([pts[i][1] for i in front], [pts[i][0] for i in front], "k--", lw=1, label="Pareto front")
+        if chosen is not None:
+            ax.scatter([chosen["forgetting"]], [chosen["gain"]], marker="*", s=300, color="gold", edgecolors="k",
+                       zorder=5, label=f"chosen ({chosen['trial_id']})")
+    ax.set_xlabel("forgetting (L_up - base, nats/token)")
+    ax.set_ylabel("gain (base - L_down, nats/token)")
+    ax.set_title("Gain vs forgetting (large: completed, small: stopped early)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_parallel(trials, path: Path) -> None:
+    plt = _plt()
+    axes_spec = [("warmup_frac", False), ("max_lr", True), ("replay_ratio", False), ("objective", False)]
+    rows = [t for t in trials if all(isinstance(t.get(k), (int, float)) for k, _ in axes_spec)]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    if rows:
+        data = np.array([[math.log10(t[k]) if log else t[k] for k, log in axes_spec] for t in rows], dtype=float)
+        lo, hi = data.min(axis=0), data.max(axis=0)
+        scaled = (data - lo) / np.where(hi > lo, hi - lo, 1.0)
+        obj = data[:, -1]
+        cmap = plt.get_cmap("coolwarm")
+        for row, o in zip(scaled, obj):
+            ax.plot(range(len(axes_spec)), row, color=cmap((o - obj.min()) / (np.ptp(obj) or 1.0)), alpha=0.8)
+        for i, (k, log) in enumerate(axes_spec):
+            ax.text(i, -0.08, f"{lo[i]:.3g}" if not log else f"{10 ** lo[i]:.2g}", ha="center", fontsize=7)
+            ax.text(i, 1.04, f"{hi[i]:.3g}" if not log else f"{10 ** hi[i]:.2g}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(axes_spec)))
+    ax.set_xticklabels([k + (" (log)" if log else "") for k, log in axes_spec])
+    ax.set_yticks([])
+    ax.set_title("Knobs vs objective (colour: objective, red = best)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tasks(analysis: dict, path: Path) -> None:
+    plt = _plt()
+    rows = [r for r in analysis["rows"] if r["metric"] in ("accuracy", "correct_prob")]
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(max(1, len(tasks)), 2, figsize=(10, 3.6 * max(1, len(tasks))), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, metric in enumerate(("accuracy", "correct_prob")):
+            ax = axes[i][j]
+            key = f"task/{task}/{metric}"
+            pts = [p for p in analysis["points"] if key in p]
+            ax.scatter([p["L_down"] for p in pts], [p[key] for p in pts],
+                       c=[math.log10(p["max_lr"]) if p.get("max_lr") else 0 for p in pts], cmap="viridis", s=18)
+            row = next((r for r in rows if r["task"] == task and r["metric"] == metric), None)
+            if row:
+                ax.axhline(row["chance"], color="grey", ls=":", label="chance")
+                ax.axvline(row["threshold_L_down"], color="crimson", ls="--", label="threshold")
+                ax.axvspan(row["threshold_lo"], row["threshold_hi"], color="crimson", alpha=0.1, label="90% CI")
+            ax.invert_xaxis()  # training moves right: loss falls
+            ax.set_xlabel("L_down (nats/token)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{task}: {metric} vs loss")
+            ax.legend(fontsize=7)
+    if not tasks:
+        axes[0][0].text(0.5, 0.5, "no tasks in this sweep", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(client, sweep: str, out_dir: Path, experiment: str | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analysis = analyze_sweep(client, sweep, experiment)
+    from sweeps.best import load_sweep
+
+    parent, trials = load_sweep(client, sweep, experiment)
+    params = parent.data.params
+    tokens_per_step = int(params.get("training.global_batch_size", 1)) * int(params.get("data.seq_len", 1))
+    hist = _histories(client, trials, ("eval/L_down", "eval/L_up", "train/lr"))
+    ranked = rank(trials)
+    chosen = ranked[0] if ranked else None
+    plot_curves(trials, hist, tokens_per_step, out_dir / "curves.png")
+    plot_schedules(trials, hist, tokens_per_step, out_dir / "schedules.png")
+    plot_tradeoff(trials, chosen, out_dir / "tradeoff.png")
+    plot_parallel(trials, out_dir / "parallel.png")
+    plot_tasks(analysis, out_dir / "tasks.png")
+    page = out_dir / "report.html"
+    page.write_text(_html(sweep, trials, chosen, analysis, out_dir))
+    client.log_artifacts(parent.info.run_id, str(out_dir), "report")
+    return page
+
+
+def _html(sweep, trials, chosen, analysis, out_dir: Path) -> str:
+    def img(name, caption):
+        data = base64.b64encode((out_dir / f"{name}.png").read_bytes()).decode()
+        return (f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(caption)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "early_stopped", "diverged", "failed")}
+    best = (f"<p><b>Chosen config</b> ({html.escape(str(chosen['trial_id']))}): "
+            + ", ".join(f"{k}={html.escape(str(chosen.get(k)))}" for k in ("warmup_frac", "max_lr", "replay_ratio",
+                                                                         "schedule"))
+            + f" &mdash; objective {chosen.get('objective', float('nan')):+.4f}, gain {chosen.get('gain', float('nan')):+.4f}, "
+            f"forgetting {chosen.get('forgetting', float('nan')):+.4f}</p>") if chosen else "<p>No ranked trial.</p>"
+    # The script records how each plot decoded, for the headless-browser check (tests/test_report.py).
+    script = ("<script>window.addEventListener('load',()=>{const r=[...document.querySelectorAll('img.plot')]"
+              ".map(i=>({id:i.id,w:i.naturalWidth,h:i.naturalHeight,ok:i.complete&&i.naturalWidth>0}));"
+              "document.body.setAttribute('data-plots',JSON.stringify(r));});</script>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Rewarm sweep {html.escape(sweep)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
+pre{{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:12px}}</style></head>
+<body><h1>Sweep {html.escape(sweep)}</h1>
+<p>{len(trials)} trials: {counts['completed']} completed, {counts['early_stopped']} stopped early,
+{counts['diverged']} diverged, {counts['failed']} failed.</p>
+{best}
+{img("curves", "L_down and L_up against tokens for every trial, coloured by max LR; x marks trials stopped early")}
+{img("schedules", "The LR schedules actually run")}
+{img("tradeoff", "Gain vs forgetting, with the Pareto front and the chosen config")}
+{img("parallel", "Knobs vs objective")}
+<h2>Downstream tasks vs pre-training loss</h2>
+<pre>{html.escape(render_table(analysis["rows"]))}</pre>
+{img("tasks", "Task metric vs L_down with the fitted threshold (the loss below which the task leaves chance)")}
+<details><summary>Analysis as JSON</summary><pre>{html.escape(json.dumps(analysis["rows"], indent=1))}</pre></details>
+{script}
+</body></html>
+"""

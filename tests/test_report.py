@@ -1,0 +1,108 @@
+"""A real small sweep with toy tasks, then `rewarm analyze` and `rewarm report` on it, and the
+report rendered in headless Chromium (Debian's package, installed by `make test`)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.tune_driver import run_sweep
+from tests.conftest import small_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TASKS = ("next_word", "successor_rank")
+
+
+@pytest.fixture(scope="module")
+def task_sweep(local_ray, toy_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tasksweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    spec = small_spec(
+        tmp, name="tasks",
+        search_space={"name": "default", "params": {"warmup_frac": 0.05, "schedule": "cosine"}},
+        training={"task_eval_every_tokens": 2048},  # every eval point
+        tasks=[{"name": t, "path": f"toy:{t}", "max_examples": 40} for t in TASKS],
+        budget={"num_trials": 4, "max_concurrent": 2, "tokens_per_trial": 512 * 16},
+        scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "tasks"},
+    )
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    outcome = run_sweep(spec)
+    return uri, outcome, tmp
+
+
+def test_task_curves_are_logged_per_eval(task_sweep):
+    uri, outcome, _ = task_sweep
+    client = MlflowClient(uri)
+    parent = client.get_run(outcome.parent_run_id)
+    for t in TASKS:
+        assert parent.data.metrics[f"base/task/{t}/chance_accuracy"] == 0.25
+        assert 0 <= parent.data.metrics[f"base/task/{t}/accuracy"] <= 1
+    for trial in outcome.trials:
+        run = client.get_run(trial["run_id"]) if "run_id" in trial else None
+        run = run or client.search_runs([parent.info.experiment_id],
+                                        filter_string=f"tags.`rewarm.trial_id` = '{trial['trial_id']}'")[0]
+        evals = client.get_metric_history(run.info.run_id, "eval/L_down")
+        for t in TASKS:
+            for metric in ("accuracy", "correct_prob", "brier"):
+                history = client.get_metric_history(run.info.run_id, f"task/{t}/{metric}")
+                assert sorted(m.step for m in history) == sorted(m.step for m in evals), (t, metric)
+
+
+def test_analyze_fits_every_task_metric_and_logs_to_the_parent(task_sweep, rewarm_bin):
+    uri, outcome, _ = task_sweep
+    proc = subprocess.run([rewarm_bin, "analyze", "--sweep", "tasks", "--tracking-uri", uri, "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {(r["task"], r["metric"]) for r in rows} == {(t, m) for t in TASKS for m in ("accuracy", "correct_prob", "brier")}
+    for r in rows:
+        assert r["points"] == 4 * 4 and r["trials"] == 4  # 4 trials x 4 evals
+        lo, hi = r["L_down_range"]
+        assert r["threshold_lo"] <= r["threshold_L_down"] <= r["threshold_hi"] <= hi + 1e-6
+        assert -1 <= r["spearman_vs_L_down"] <= 1
+    client = MlflowClient(uri)
+    assert {"analysis.json", "analysis.txt"} <= {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+
+
+@pytest.fixture(scope="module")
+def report(task_sweep, rewarm_bin):
+    uri, outcome, tmp = task_sweep
+    out = tmp / "report"
+    proc = subprocess.run([rewarm_bin, "report", "--sweep", "tasks", "--tracking-uri", uri, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out, uri, outcome
+
+
+def test_report_writes_the_page_and_every_plot_and_logs_them(report):
+    out, uri, outcome = report
+    page = (out / "report.html").read_text()
+    for name in ("curves", "schedules", "tradeoff", "parallel", "tasks"):
+        assert (out / f"{name}.png").stat().st_size > 5000, name  # a real plot, not an empty canvas
+        assert f'id="plot-{name}"' in page
+    assert "Chosen config" in page and "threshold" in page
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(outcome.parent_run_id, "report")}
+    assert "report/report.html" in logged and "report/tasks.png" in logged
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it where it may)")
+    out, _, _ = report
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    match = re.search(r"data-plots=\"([^\"]*)\"", proc.stdout)
+    assert match, "the page's load handler did not run"
+    plots = json.loads(match.group(1).replace("&quot;", '"'))
+    assert {p["id"] for p in plots} == {f"plot-{n}" for n in ("curves", "schedules", "tradeoff", "parallel", "tasks")}
+    assert all(p["ok"] and p["w"] > 300 and p["h"] > 200 for p in plots), plots
