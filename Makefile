@@ -18,14 +18,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# PostgreSQL for the MLflow-server test (tests/test_mlflow_server.py), from Debian's packages
-# where it is missing and we may install; without it that one test is skipped, saying why.
-services:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+# Test services from Debian's packages, where missing and we may install them: PostgreSQL for the
+# MLflow-server test (tests/test_mlflow_server.py) and Chromium for the report's browser check
+# (tests/test_report.py). Without them those tests are skipped, saying why.
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+define apt_ensure
+	@$(1) >/dev/null 2>&1 || { \
 	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1; }; } \
-	  || echo "note: PostgreSQL could not be installed; tests/test_mlflow_server.py will be skipped"; }
+	  { $(APT_INSTALL) $(2) >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && $(APT_INSTALL) $(2) >/dev/null 2>&1; }; } \
+	  || echo "note: $(2) could not be installed; the tests that need it will be skipped"; }
+endef
+
+services:
+	$(call apt_ensure,ls /usr/lib/postgresql/*/bin/initdb,postgresql)
+	$(call apt_ensure,command -v chromium,chromium)
 
 test: install services
 	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)

@@ -34,3 +34,20 @@ def test_constrained_objective_ranks_infeasible_below_feasible():
 def test_constrained_needs_a_bound():
     with pytest.raises(ValueError, match="max_forgetting"):
         ObjectiveConfig(kind="constrained")
+
+
+def test_task_term_adds_the_task_gain_over_the_base_model():
+    base = BaseReference(L_up=2.0, L_down=3.0, tasks={"qa": {"accuracy": 0.25, "correct_prob": 0.3, "brier": 0.8}})
+    tasks = {"qa": {"accuracy": 0.5, "correct_prob": 0.45, "brier": 0.6}}
+    cases = [("correct_prob", 2.0, 2.0 * 0.15), ("accuracy", 1.0, 0.25), ("brier", 3.0, 3.0 * 0.2)]  # brier: lower is better
+    for metric, weight, term in cases:
+        cfg = ObjectiveConfig(task="qa", task_metric=metric, task_weight=weight)
+        s = score(L_up=2.25, L_down=2.5, base=base, cfg=cfg, tasks=tasks)
+        assert s["task_gain"] == pytest.approx(term / weight)
+        assert s["objective"] == pytest.approx(0.5 - 0.25 + term), metric
+
+
+def test_task_term_needs_the_task_to_have_been_scored():
+    cfg = ObjectiveConfig(task="qa")
+    with pytest.raises(ValueError, match="was not evaluated"):
+        score(L_up=2.0, L_down=2.5, base=BaseReference(L_up=2.0, L_down=3.0), cfg=cfg, tasks={})
