@@ -7,7 +7,7 @@ tokens, objective, gain, forgetting, L_up, L_down and the training seconds up to
 
 Training is deterministic for a config (seeded data order, model RNG), so a trial that a
 strategy stops after k reports would have produced exactly the first k points of this curve:
-strategies can therefore be replayed against the cache (see `sweep_strategies.py`).
+strategies can therefore be replayed against the cache (see `sweep_efficiency.py`).
 
 The cache is keyed by a fingerprint of the resolved spec and the toy world; a stale or missing
 cache is rebuilt (about 10 minutes on 2 CPU cores, two configs at a time).
@@ -45,11 +45,22 @@ def grid_configs(spec) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
 
 
+# Spec fields that change neither training nor the (loss-based) objective: a cache stays valid
+# across them. Task settings matter only when a task is part of the objective.
+_NOT_IN_GROUND_TRUTH = {"name", "budget", "scheduler", "tracking", "tasks"}
+
+
 def fingerprint(spec) -> str:
     from trainers.toyworld import _GENERATOR_VERSION
 
-    payload = json.dumps([_GENERATOR_VERSION, spec.model_dump(mode="json", exclude={"name", "budget", "scheduler", "tracking"}),
-                          grid_configs(spec)], sort_keys=True)
+    dump = spec.model_dump(mode="json", exclude=_NOT_IN_GROUND_TRUTH)
+    dump["training"].pop("task_eval_every_tokens", None)
+    if spec.objective.task is None:
+        for key in ("task", "task_metric", "task_weight"):
+            dump["objective"].pop(key, None)
+    else:
+        dump["tasks"] = [t.model_dump(mode="json") for t in spec.tasks]
+    payload = json.dumps([_GENERATOR_VERSION, dump, grid_configs(spec)], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -97,9 +97,11 @@ def _classify(exc: Exception) -> tuple[int | None, str]:
     from sweeps.best import SweepNotFound
     from sweeps.tracking import TrackingError
     from trainers.data import DataError
+    from sweeps.report import ReportError
+    from trainers.tasks import TaskError
 
     if isinstance(exc, (SpecError, ResolveError, DataError, CheckpointError, TrackingError, SweepNotFound,
-                        SpecErrorLike)):
+                        SpecErrorLike, ReportError, TaskError)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, RunFailed):
         return (EXIT_USAGE if exc.user_error else EXIT_RUN_FAILED), str(exc)

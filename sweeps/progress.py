@@ -28,7 +28,10 @@ def trial_status(last_result: dict | None, errored: bool = False) -> str:
 
 def stop_tags(decisions_file: Path) -> dict[str, str]:
     """The schedule-aware stopper's verdict on a trial, as MLflow tags (the full log is an artifact)."""
-    decisions = CurveLog(decisions_file).read()
+    try:
+        decisions = CurveLog(decisions_file).read()
+    except ValueError:  # a line cut short by a killed driver: the artifact still has the rest
+        return {"rewarm.stopper.reason": "decision log unreadable (cut short)"}
     if not decisions:
         return {}
     last = decisions[-1]

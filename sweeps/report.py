@@ -23,6 +23,10 @@ from sweeps.best import rank
 PLOTS = ("curves", "schedules", "tradeoff", "parallel", "tasks")
 
 
+class ReportError(ValueError):
+    """A report that cannot be written (reported as a one-line error)."""
+
+
 def _plt():
     import matplotlib
 
@@ -178,11 +182,15 @@ def plot_tasks(analysis: dict, path: Path) -> None:
 
 
 def write_report(client, sweep: str, out_dir: Path, experiment: str | None = None) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    analysis = analyze_sweep(client, sweep, experiment)
     from sweeps.best import load_sweep
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"--out {out_dir} exists and is not a directory")
     parent, trials = load_sweep(client, sweep, experiment)
+    if not trials:
+        raise ReportError(f"sweep {sweep!r} has no trial runs yet; nothing to report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analysis = analyze_sweep(client, sweep, experiment)
     params = parent.data.params
     tokens_per_step = int(params.get("training.global_batch_size", 1)) * int(params.get("data.seq_len", 1))
     hist = _histories(client, trials, ("eval/L_down", "eval/L_up", "train/lr"))

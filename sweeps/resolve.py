@@ -59,7 +59,7 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> Resolv
                                              spec.data.val_fraction, spec.data.val_sequences, cache_dir)
         except DataError as exc:
             raise ResolveError(f"data.{field}: {exc}") from None
-    tasks = build_tasks(spec, tokenizer_path)
+    tasks = build_tasks(spec, tokenizer_path, model_path)
     base = measure_base_reference(model_path, spec.model.dtype, prepared["upstream"], prepared["downstream"],
                                   spec.training.eval_batch_size, cache_dir, tasks,
                                   {t.name: t.length_normalized for t in spec.tasks})
@@ -67,7 +67,7 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> Resolv
                          tuple(tasks))
 
 
-def build_tasks(spec: SweepSpec, tokenizer_path: str) -> list:
+def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
     """Load (or generate, for toy tasks) and tokenize every task of the spec."""
     from transformers import AutoTokenizer
 
@@ -76,7 +76,10 @@ def build_tasks(spec: SweepSpec, tokenizer_path: str) -> list:
 
     if not spec.tasks:
         return []
+    from transformers import AutoConfig
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    max_len = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
     out = []
     for i, task in enumerate(spec.tasks):
         try:
@@ -84,7 +87,11 @@ def build_tasks(spec: SweepSpec, tokenizer_path: str) -> list:
                 examples = toy_task_examples(spec.toy_world, task.path.removeprefix(TOY_DATA_PREFIX))
             else:
                 examples = load_task_jsonl(task.path)
-            out.append(tokenize_task(task.name, examples[:task.max_examples], tokenizer))
+            examples = examples[:task.max_examples]
+            if len(examples) < spec.resources.workers_per_trial:
+                raise TaskError(f"{len(examples)} examples for {spec.resources.workers_per_trial} workers; "
+                                f"every worker scores a share, so give at least one example per worker")
+            out.append(tokenize_task(task.name, examples, tokenizer, max_len))
         except TaskError as exc:
             raise ResolveError(f"tasks[{i}] ({task.name}): {exc}") from None
     return out

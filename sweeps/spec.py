@@ -96,7 +96,7 @@ class TrainingSpec(_Spec):
     eval_every_tokens: int = Field(16384, ge=1, description="Tokens between evaluations and reports (rounded to whole steps).")
     eval_batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
     checkpoint_every_tokens: int = Field(65536, ge=1, description="Tokens between checkpoints (taken at the next eval).")
-    task_eval_every_tokens: int | None = Field(None, ge=1, description="Tokens between task evaluations (at the next eval); default: at every checkpoint and at the end.")
+    task_eval_every_tokens: int | None = Field(None, ge=1, description="Tokens between task evaluations (rounded to a multiple of the eval interval); default: at every checkpoint and at the end.")
     divergence_factor: float = Field(2.0, gt=1, description="A trial diverged when its loss EMA exceeds this times its first loss.")
 
 
@@ -214,6 +214,9 @@ class SweepSpec(_Spec):
         if self.uses_toy_model and self.data.seq_len > self.toy_world.max_positions:
             raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds the model's maximum "
                              f"sequence length ({self.toy_world.max_positions})")
+        if self.scheduler.grace_tokens is not None and self.scheduler.kind != "asha":
+            raise ValueError(f"scheduler.grace_tokens applies to kind 'asha' only (kind is {self.scheduler.kind!r}; "
+                             f"'rewarm' sizes each trial's grace from its own warmup and scheduler.recovery_frac)")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"tasks: task names must be unique (got {names})")

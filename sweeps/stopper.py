@@ -29,6 +29,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import numbers
+import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 DECISIONS_FILE = "decisions.jsonl"
+STATE_FILE = "stopper_state.pkl"  # beside the trials dir: what `rewarm resume` restores
 CONTINUE, STOP = "continue", "stop"
 
 
@@ -63,6 +67,7 @@ class Decision:
     reason: str
     objective: float | None = None
     smoothed: float | None = None
+    repeat: bool = False  # a report replayed after a restart: not a new decision
 
     def as_dict(self) -> dict:
         return {"trial_id": self.trial_id, "tokens": self.tokens, "action": self.action, "reason": self.reason,
@@ -154,7 +159,9 @@ class StopRule:
             return decide(STOP, f"diverged at {tokens} tokens (loss {loss}, objective {value}): stopped at once")
         if tokens <= trial.last_tokens:
             # A Train restart re-reports points it already made; they change nothing.
-            return decide(CONTINUE, f"repeat of the report at {tokens} tokens (after a restart)")
+            d = decide(CONTINUE, f"repeat of the report at {tokens} tokens (after a restart)")
+            d.repeat = True
+            return d
         trial.last_tokens = tokens
         grace = max(cfg.min_grace_tokens, int(result.get("warmup_tokens", 0)) + cfg.recovery_tokens)
         if tokens >= grace:
@@ -223,7 +230,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def _is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _num(x):
@@ -234,29 +241,63 @@ def _num(x):
 
 
 class ScheduleAwareScheduler(FIFOScheduler):
-    """Ray Tune `TrialScheduler` around `StopRule`; every decision goes to the trial's decisions.jsonl."""
+    """Ray Tune `TrialScheduler` around `StopRule`; every decision goes to the trial's decisions.jsonl.
+
+    Tune does not checkpoint a scheduler's state (a restored Tuner gets the scheduler as it was
+    pickled at the start), so the rule's state is written to `<sweep dir>/stopper_state.pkl`
+    after every change and read back on first use after `rewarm resume`: rung values, forecast
+    fits and each trial's position survive, and reports replayed after a restart are ignored.
+    """
 
     def __init__(self, cfg: StopRuleConfig, decisions_root: str | None = None):
         super().__init__()
         self.rule = StopRule(cfg)
         self.decisions_root = decisions_root
-        self.decisions: dict[str, list[dict]] = {}  # trial id -> decisions (also kept in memory)
         self.stopped = 0
+        self._restored = False
+
+    @property
+    def _state_path(self) -> Path | None:
+        return Path(self.decisions_root).parent / STATE_FILE if self.decisions_root else None
+
+    def _restore_once(self) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        path = self._state_path
+        if path is not None and path.exists():
+            with open(path, "rb") as f:
+                self.rule, self.stopped = pickle.load(f)
+
+    def _persist(self) -> None:
+        path = self._state_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump((self.rule, self.stopped), f)
+        os.replace(tmp, path)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         # The rule always maximises the sweep objective; accept only that.
         return metric in (None, "objective") and mode in (None, "max")
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._restore_once()
         decision = self.rule.observe(trial.trial_id, result)
-        self._record(decision)
+        if decision.repeat:
+            return TrialScheduler.CONTINUE
         if decision.action == STOP:
             self.stopped += 1
-            return TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
+        self._record(decision)
+        self._persist()
+        return TrialScheduler.STOP if decision.action == STOP else TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._restore_once()
         self.rule.complete(trial.trial_id, result or {})
+        self._persist()
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         pass  # its recorded rung values stay: they are real measurements
@@ -268,22 +309,9 @@ class ScheduleAwareScheduler(FIFOScheduler):
         return f"Schedule-aware stopper: {self.stopped} stopped, {self.rule.finished} finished"
 
     def _record(self, decision: Decision) -> None:
-        row = decision.as_dict()
-        self.decisions.setdefault(decision.trial_id, []).append(row)
-        if self.decisions_root:
-            directory = Path(self.decisions_root) / decision.trial_id
-            directory.mkdir(parents=True, exist_ok=True)
-            with open(directory / DECISIONS_FILE, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def save(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        if not self.decisions_root:
+            return
+        directory = Path(self.decisions_root) / decision.trial_id
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / DECISIONS_FILE, "a") as f:
+            f.write(json.dumps(decision.as_dict()) + "\n")

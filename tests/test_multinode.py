@@ -122,7 +122,8 @@ def test_ray_job_submit_ships_the_working_dir(cluster, tmp_path, rewarm_bin):
     }
     submit = [str(cluster_bin("ray")), "job", "submit", "--address", cluster.dashboard_url,
               "--runtime-env-json", json.dumps(runtime_env), "--",
-              "python", "-m", "sweeps.cli", "sweep", str(spec)]
+              "bash", "-c", f"python -c 'import sweeps; print(\"shipped code:\", sweeps.__file__)' && "
+                            f"python -m sweeps.cli sweep {spec}"]
     for _ in range(12):
         proc = subprocess.run(submit, env=cluster.env(), capture_output=True, text=True, timeout=600)
         out = proc.stdout + proc.stderr
@@ -131,6 +132,9 @@ def test_ray_job_submit_ships_the_working_dir(cluster, tmp_path, rewarm_bin):
             break
         time.sleep(5)
     assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
+    # The job ran the copy of the code that travelled with it, not this checkout.
+    shipped = next(line for line in out.splitlines() if "shipped code:" in line)
+    assert "working_dir_files" in shipped and str(REPO) not in shipped, shipped
     assert_spans_both_nodes(cluster, tmp_path / "shared" / "jobsweep", uri, "jobsweep")
     # The results are read back with no Ray at all.
     best = subprocess.run([rewarm_bin, "best", "--sweep", "jobsweep", "--tracking-uri", uri, "--format", "json"],

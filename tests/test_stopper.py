@@ -136,8 +136,56 @@ def test_reports_repeated_after_a_restart_change_nothing():
         feed(r, f"good{k}", curve(good))
     r.observe("t", {"tokens": EVAL, "objective": 1.2, "loss": 2.0})
     r.observe("t", {"tokens": 2 * EVAL, "objective": 1.3, "loss": 2.0})
+    before = (r._trials["t"].smoothed, list(r._trials["t"].history), [list(v) for v in r._rung_values])
     d = r.observe("t", {"tokens": EVAL, "objective": -5.0, "loss": 2.0})  # replayed after a restart
-    assert d.action == CONTINUE and "repeat" in d.reason
+    assert d.action == CONTINUE and d.repeat and "repeat" in d.reason
+    assert (r._trials["t"].smoothed, r._trials["t"].history, r._rung_values) == before
+
+
+def test_numpy_numbers_are_not_mistaken_for_divergence():
+    import numpy as np
+
+    d = rule().observe("n", {"tokens": EVAL, "objective": np.float32(1.0), "loss": np.float64(2.0)})
+    assert d.action == CONTINUE and "diverged" not in d.reason
+
+
+def test_scheduler_state_survives_a_driver_restart(tmp_path):
+    """Tune restores a scheduler as pickled at the sweep's start; the rule's state comes from disk."""
+    import pickle
+
+    from sweeps.stopper import STATE_FILE, ScheduleAwareScheduler
+
+    class T:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    cfg = StopRuleConfig(max_tokens=MAX, recovery_tokens=EVAL, min_grace_tokens=EVAL, reduction_factor=2)
+    sched = ScheduleAwareScheduler(cfg, str(tmp_path / "trials"))
+    pristine = pickle.dumps(sched)  # what tuner.pkl holds
+    for k in range(2):
+        for i, v in enumerate(curve(good), 1):
+            sched.on_trial_result(None, T(f"good{k}"), {"tokens": i * EVAL, "objective": v, "loss": 2.0})
+        sched.on_trial_complete(None, T(f"good{k}"), {"tokens": MAX, "objective": curve(good)[-1], "status": "completed"})
+    sched.on_trial_result(None, T("half"), {"tokens": EVAL, "objective": 1.0, "loss": 2.0})
+    assert (tmp_path / STATE_FILE).exists()
+
+    restored = pickle.loads(pristine)  # the driver was killed; `rewarm resume` unpickles the scheduler
+    # The interrupted trial's first point is replayed after its restart: not a new decision.
+    assert restored.on_trial_result(None, T("half"), {"tokens": EVAL, "objective": 1.0, "loss": 2.0}) == "CONTINUE"
+    rows = (tmp_path / "trials" / "half" / DECISIONS_FILE).read_text().splitlines()
+    assert len(rows) == 1
+    assert restored.rule.finished == 2 and restored.rule.best_final == pytest.approx(curve(good)[-1])
+    # A bad trial is still judged against the rung values recorded before the restart.
+    action = None
+    for i, v in enumerate(curve(bad), 1):
+        action = restored.on_trial_result(None, T("bad"), {"tokens": i * EVAL, "objective": v, "loss": 2.0})
+        if action == "STOP":
+            break
+    assert action == "STOP" and i == 1  # judged at the first rung, against the two good trials
+    # The control: without the saved state, the rung is empty and the same first report passes.
+    blank = pickle.loads(pristine)
+    blank.decisions_root = str(tmp_path / "elsewhere" / "trials")
+    assert blank.on_trial_result(None, T("bad"), {"tokens": EVAL, "objective": bad(1), "loss": 2.0}) == "CONTINUE"
 
 
 # ---------------------------------------------------------------------- on real Ray Tune

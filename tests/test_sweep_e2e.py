@@ -153,4 +153,6 @@ def test_every_stopper_decision_is_logged_to_the_trial_run(sweep, tmp_path):
         stopped = child.data.tags["rewarm.status"] == "early_stopped"
         assert (rows[-1]["action"] == "stop") == stopped
         assert child.data.tags["rewarm.stopper.decisions"] == str(len(rows))
-        assert child.data.tags["rewarm.stopper.reason"].startswith(f"at {rows[-1]['tokens'] if stopped else ''}")
+        stop_rows = [r for r in rows if r["action"] == "stop"]
+        verdict = stop_rows[-1] if stop_rows else rows[-1]
+        assert child.data.tags["rewarm.stopper.reason"] == f"at {verdict['tokens']} tokens: {verdict['reason']}"

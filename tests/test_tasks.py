@@ -46,7 +46,16 @@ def test_example_metrics_literal_table():
         assert (m["accuracy"], m["correct_prob"], m["brier"]) == pytest.approx(expected, abs=1e-9)
 
 
-def test_evaluate_task_averages_and_length_normalisation_changes_the_winner():
+def test_length_normalisation_flips_the_winner():
+    # prompt [2]; choice [0] scores log 0.1; choice [2, 2] scores log 0.64 in total, log 0.8 per token.
+    # And choice [0] vs [2, 2, 2, 2, 0]: sums log 0.1 vs log(0.8^4 * 0.1) -> [0] wins by sum; per token
+    # (log 0.1) vs (4 log 0.8 + log 0.1) / 5 = log 0.1 / 5 + ... -> the long choice wins.
+    task = TokenizedTask(name="t", prompts=[[2]], choices=[[[0], [2, 2, 2, 2, 0]]], answers=[1], chance_accuracy=0.5)
+    assert evaluate_task(Bigram(), task, torch.device("cpu"))["accuracy"] == 0.0
+    assert evaluate_task(Bigram(), task, torch.device("cpu"), length_normalized=True)["accuracy"] == 1.0
+
+
+def test_evaluate_task_averages_over_examples():
     # Example: prompt [0]; choices [1] (ll log 3/5) vs [2, 2] (ll log(1/5 * 8/10) = log 0.16).
     task = TokenizedTask(name="t", prompts=[[0], [0]], choices=[[[1], [2, 2]], [[1], [2, 2]]], answers=[0, 1],
                          chance_accuracy=0.5)

@@ -84,6 +84,14 @@ class TrialConfig(BaseModel):
         Excludes where things are written and when the run pauses, which may differ
         between the attempts of one run.
         """
-        trajectory = self.model_dump(mode="json", exclude={"run_dir", "torch_threads"})
+        trajectory = self.model_dump(mode="json", exclude={"run_dir", "torch_threads", "tasks", "length_normalized"})
         trajectory["loop"].pop("stop_after_step")
+        # Task scoring draws no randomness and changes no weights: which tasks are scored, and
+        # when, is not part of the trajectory (and checkpoints from before tasks existed resume).
+        trajectory["loop"].pop("task_eval_every")
+        if trajectory.get("base_reference"):
+            trajectory["base_reference"].pop("tasks", None)
+        if self.objective.task is None:
+            for key in ("task", "task_metric", "task_weight"):
+                trajectory["objective"].pop(key)
         return hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:16]

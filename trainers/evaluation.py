@@ -19,6 +19,9 @@ def validation_loss(model, blocks: np.ndarray, batch_size: int, device: torch.de
     """
     rank, world = dist_utils.rank_and_world()
     mine = np.arange(rank, len(blocks), world)
+    # The bare module, not the DDP wrapper: a DDP forward syncs buffers across ranks, and ranks
+    # may hold different numbers of blocks.
+    model = model.module if hasattr(model, "module") else model
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)

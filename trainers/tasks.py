@@ -59,8 +59,14 @@ def load_task_jsonl(path: str | Path) -> list[TaskExample]:
     path = Path(path)
     if not path.exists():
         raise TaskError(f"task file {path} does not exist")
+    if not path.is_file():
+        raise TaskError(f"task file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     examples = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -88,7 +94,9 @@ class TokenizedTask(BaseModel):
     chance_accuracy: float = Field(description="Expected accuracy of a uniform guess.")
 
 
-def tokenize_task(name: str, examples: list[TaskExample], tokenizer) -> TokenizedTask:
+def tokenize_task(name: str, examples: list[TaskExample], tokenizer, max_len: int | None = None) -> TokenizedTask:
+    """Token ids of prompts and choices; prompts longer than `max_len` (with their longest
+    choice) lose their oldest tokens, as a model with that context would see them."""
     prompts, choices = [], []
     for ex in examples:
         prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
@@ -105,6 +113,12 @@ def tokenize_task(name: str, examples: list[TaskExample], tokenizer) -> Tokenize
             if not tail:
                 raise TaskError(f"task {name}: choice {choice!r} tokenizes to nothing")
             row.append(tail)
+        if max_len is not None:
+            room = max_len - max(len(c) for c in row)
+            if room < 1:
+                raise TaskError(f"task {name}: a choice of {ex.prompt[:40]!r}... is longer than the model's "
+                                f"{max_len} positions")
+            prompts[-1] = prompts[-1][-room:]
         choices.append(row)
     chance = float(np.mean([1.0 / len(c) for c in choices]))
     return TokenizedTask(name=name, prompts=prompts, choices=choices, answers=[ex.answer for ex in examples],
@@ -151,17 +165,20 @@ def evaluate_task(model, task: TokenizedTask, device: torch.device, length_norma
                   autocast: bool = False) -> dict[str, float]:
     """Mean task metrics over all examples; ranks score disjoint shards and sum (any world size)."""
     rank, world = dist_utils.rank_and_world()
-    was_training = model.training
-    model.eval()
+    # The bare module, not the DDP wrapper: a DDP forward syncs buffers across ranks, and ranks
+    # may score different numbers of examples.
+    net = model.module if hasattr(model, "module") else model
+    was_training = net.training
+    net.eval()
     totals = torch.zeros(len(TASK_METRICS) + 1, dtype=torch.float64, device=device)
     for i in range(rank, len(task.answers), world):
-        scores = choice_log_likelihoods(model, task.prompts[i], task.choices[i], device, autocast)
+        scores = choice_log_likelihoods(net, task.prompts[i], task.choices[i], device, autocast)
         if length_normalized:
             scores = [s / len(c) for s, c in zip(scores, task.choices[i])]
         m = example_metrics(scores, task.answers[i])
         totals += torch.tensor([m[k] for k in TASK_METRICS] + [1.0], dtype=torch.float64, device=device)
     dist_utils.all_reduce_sum(totals)
     if was_training:
-        model.train()
+        net.train()
     n = float(totals[-1])
     return {k: float(totals[j]) / n if n else math.nan for j, k in enumerate(TASK_METRICS)}

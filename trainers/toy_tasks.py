@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainers.tasks import TaskExample
+from trainers.tasks import TaskError, TaskExample
 from trainers.toyworld import ToyWorldConfig, build_languages
 
 TOY_TASKS = ("next_word", "successor_rank")
@@ -27,7 +27,7 @@ CONTEXT_WORDS = 24
 
 def toy_task_examples(cfg: ToyWorldConfig, name: str, n: int = 200) -> list[TaskExample]:
     if name not in TOY_TASKS:
-        raise ValueError(f"unknown toy task {name!r}; choose one of {list(TOY_TASKS)}")
+        raise TaskError(f"unknown toy task {name!r}; choose one of {list(TOY_TASKS)}")
     upstream, downstream = build_languages(cfg)
     rng = np.random.default_rng([cfg.seed, 7, TOY_TASKS.index(name)])
     make = _next_word if name == "next_word" else _successor_rank
@@ -36,7 +36,8 @@ def toy_task_examples(cfg: ToyWorldConfig, name: str, n: int = 200) -> list[Task
     while len(examples) < n:
         attempts += 1
         if attempts > 100 * n:
-            raise RuntimeError(f"toy task {name}: could not draw {n} examples from this toy world")
+            raise TaskError(f"toy task {name}: could not draw {n} examples from this toy world (it needs "
+                            f"toy_world.successors >= 4, shift > 0 and a lexicon larger than the successor lists)")
         ex = make(upstream, downstream, rng)
         if ex is not None:
             examples.append(ex)
@@ -69,6 +70,8 @@ def _next_word(upstream, lang, rng) -> TaskExample | None:
         return None
     followers = set(lang.succ[:, last, :].ravel().tolist())
     pool = [w for w in range(len(lang.words)) if w not in followers]
+    if len(pool) < 3:
+        return None
     distractors = rng.choice(pool, size=3, replace=False)
     return _example(lang, context, [target, *map(int, distractors)], rng)
 
