@@ -96,3 +96,21 @@ def test_tokenized_choices_are_the_continuation_of_the_prompt(toy_world):
     for choice, ids in zip(ex.choices, t.choices[0]):
         assert tok.decode(t.prompts[0] + ids) == ex.prompt + choice
     assert t.chance_accuracy == 0.5
+
+
+def test_batching_across_examples_matches_one_example_at_a_time(toy_world):
+    """Right padding in a batch of examples of different lengths changes no score (real model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainers.tasks import batch_log_likelihoods
+    from trainers.toy_tasks import toy_task_examples
+    from trainers.toyworld import ToyWorldConfig
+
+    tok = AutoTokenizer.from_pretrained(toy_world.tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(toy_world.model).eval()
+    task = tokenize_task("nw", toy_task_examples(ToyWorldConfig(), "next_word", 6), tok)
+    items = list(zip(task.prompts, task.choices))
+    batched = batch_log_likelihoods(model, items, torch.device("cpu"))
+    single = [choice_log_likelihoods(model, p, c, torch.device("cpu")) for p, c in items]
+    assert len({len(p) for p in task.prompts}) > 1  # the batch really mixes lengths
+    assert [x for row in batched for x in row] == pytest.approx([x for row in single for x in row], abs=1e-4)

@@ -126,24 +126,34 @@ def tokenize_task(name: str, examples: list[TaskExample], tokenizer, max_len: in
 
 
 @torch.no_grad()
-def choice_log_likelihoods(model, prompt: list[int], choices: list[list[int]], device: torch.device,
-                           autocast: bool = False) -> list[float]:
-    """Summed log p(choice tokens | prompt) for each choice, in one padded batch."""
-    seqs = [prompt + c for c in choices]
-    width = max(len(s) for s in seqs)
+def batch_log_likelihoods(model, items: list[tuple[list[int], list[list[int]]]], device: torch.device,
+                          autocast: bool = False) -> list[list[float]]:
+    """For each (prompt, choices): summed log p(choice tokens | prompt) per choice, all in one
+    right-padded forward pass (causal attention: padding after a sequence never affects it)."""
+    seqs = [(prompt, c) for prompt, choices in items for c in choices]
+    width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(s, device=device)
+    for i, (p, c) in enumerate(seqs):
+        ids[i, :len(p) + len(c)] = torch.as_tensor(p + c, device=device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=ids).logits
     logp = F.log_softmax(logits.float(), dim=-1)
-    out = []
-    for i, c in enumerate(choices):
-        start = len(prompt)  # position of the first choice token; predicted by the logits before it
-        positions = torch.arange(start - 1, start - 1 + len(c), device=device)
-        targets = torch.as_tensor(c, device=device)
-        out.append(float(logp[i, positions, targets].sum()))
+    flat = []
+    for i, (p, c) in enumerate(seqs):
+        # The first choice token sits at len(p) and is predicted by the logits one position before.
+        positions = torch.arange(len(p) - 1, len(p) - 1 + len(c), device=device)
+        flat.append(float(logp[i, positions, torch.as_tensor(c, device=device)].sum()))
+    out, k = [], 0
+    for _, choices in items:
+        out.append(flat[k:k + len(choices)])
+        k += len(choices)
     return out
+
+
+def choice_log_likelihoods(model, prompt: list[int], choices: list[list[int]], device: torch.device,
+                           autocast: bool = False) -> list[float]:
+    """Summed log p(choice tokens | prompt) for each choice of one example."""
+    return batch_log_likelihoods(model, [(prompt, choices)], device, autocast)[0]
 
 
 def example_metrics(scores: list[float], answer: int) -> dict[str, float]:
@@ -162,7 +172,7 @@ TASK_METRICS = ("accuracy", "correct_prob", "brier")
 
 @torch.no_grad()
 def evaluate_task(model, task: TokenizedTask, device: torch.device, length_normalized: bool = False,
-                  autocast: bool = False) -> dict[str, float]:
+                  autocast: bool = False, batch_examples: int = 8) -> dict[str, float]:
     """Mean task metrics over all examples; ranks score disjoint shards and sum (any world size)."""
     rank, world = dist_utils.rank_and_world()
     # The bare module, not the DDP wrapper: a DDP forward syncs buffers across ranks, and ranks
@@ -171,12 +181,15 @@ def evaluate_task(model, task: TokenizedTask, device: torch.device, length_norma
     was_training = net.training
     net.eval()
     totals = torch.zeros(len(TASK_METRICS) + 1, dtype=torch.float64, device=device)
-    for i in range(rank, len(task.answers), world):
-        scores = choice_log_likelihoods(net, task.prompts[i], task.choices[i], device, autocast)
-        if length_normalized:
-            scores = [s / len(c) for s, c in zip(scores, task.choices[i])]
-        m = example_metrics(scores, task.answers[i])
-        totals += torch.tensor([m[k] for k in TASK_METRICS] + [1.0], dtype=torch.float64, device=device)
+    mine = list(range(rank, len(task.answers), world))
+    for start in range(0, len(mine), batch_examples):
+        chunk = mine[start:start + batch_examples]
+        batch = batch_log_likelihoods(net, [(task.prompts[i], task.choices[i]) for i in chunk], device, autocast)
+        for i, scores in zip(chunk, batch):
+            if length_normalized:
+                scores = [s / len(c) for s, c in zip(scores, task.choices[i])]
+            m = example_metrics(scores, task.answers[i])
+            totals += torch.tensor([m[k] for k in TASK_METRICS] + [1.0], dtype=torch.float64, device=device)
     dist_utils.all_reduce_sum(totals)
     if was_training:
         net.train()
