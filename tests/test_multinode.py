@@ -133,7 +133,7 @@ def test_ray_job_submit_ships_the_working_dir(cluster, tmp_path, rewarm_bin):
         time.sleep(5)
     assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
     # The job ran the copy of the code that travelled with it, not this checkout.
-    shipped = next(line for line in out.splitlines() if "shipped code:" in line)
+    shipped = next(line for line in out.splitlines() if line.startswith("shipped code:"))  # not the echoed command
     assert "working_dir_files" in shipped and str(REPO) not in shipped, shipped
     assert_spans_both_nodes(cluster, tmp_path / "shared" / "jobsweep", uri, "jobsweep")
     # The results are read back with no Ray at all.
