@@ -34,6 +34,13 @@ class SpecError(ValueError):
     """A spec problem, phrased for the user: `field: what is wrong`."""
 
 
+def _identifier(v: str, max_len: int, names: str) -> str:
+    """A name that is safe in paths and MLflow keys: letters, digits, '.', '_', '-'."""
+    if not re.fullmatch(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{max_len - 1}}}", v):
+        raise ValueError(f"use letters, digits, '.', '_' and '-' (it names {names})")
+    return v
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,9 +75,7 @@ class TaskSpec(_Spec):
     @field_validator("name")
     @classmethod
     def _metric_safe(cls, v):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' (it names MLflow metrics)")
-        return v
+        return _identifier(v, 64, "MLflow metrics")
 
     @field_validator("path")
     @classmethod
@@ -196,9 +201,7 @@ class SweepSpec(_Spec):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' (it names directories and runs)")
-        return v
+        return _identifier(v, 100, "directories and runs")
 
     @model_validator(mode="after")
     def _consistent(self):
