@@ -200,6 +200,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
 
     from sweeps.progress import SweepCallback
     from sweeps.ray_cluster import init_ray
+    from sweeps.tune_state import serialize_state_uploads
     from sweeps.train_run import check_storage_writable, check_cluster_fits
 
     params = spec.knob_params()
@@ -233,6 +234,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         + (f" (grace {grace_tokens(spec, params)} tokens)" if spec.scheduler.kind == "asha" else ""))
     log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
         f" | MLflow {uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
+    serialize_state_uploads()  # Tune's state saves must not race their uploads (tune_state.py)
     t0 = time.time()
     status = "failed"
     try:
