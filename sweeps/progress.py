@@ -10,7 +10,7 @@ from ray.tune import Callback
 from sweeps.stopper import DECISIONS_FILE, STOP
 from sweeps.tracking import STATUS_TAG, Tracker, check_reachable
 from trainers.loop import BEST_MODEL_DIR
-from trainers.worker import CURVES_FILE, REPORTS_FILE, CurveLog
+from trainers.worker import CURVES_FILE, REPORTS_FILE, CurveLog, TailCursor
 
 KNOBS = ("warmup_frac", "max_lr", "replay_ratio", "schedule")
 OUTAGE_RETRY_S = 5.0  # after a failed MLflow call, wait this long before the next attempt
@@ -65,6 +65,7 @@ class SweepCallback(Callback):
         self._finished_pending: dict[str, tuple] = {}  # ended trials whose run is not yet closed in MLflow
         self._retry_at = 0.0
         self._in_outage = False
+        self._tails: dict[str, tuple[TailCursor, TailCursor]] = {}  # per trial: how far its curve files were read
 
     # ------------------------------------------------------------------ Tune hooks
 
@@ -114,6 +115,7 @@ class SweepCallback(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("_tails", {})  # state saved before tails were kept
         self.log = self.log or print
 
     def _tracking_available(self) -> bool:
@@ -144,9 +146,12 @@ class SweepCallback(Callback):
                     trial_id, self._knobs.get(trial_id, {}), self.params))
             entry = self._runs[trial_id]
             run_dir = self.trials_root / trial_id
-            steps = CurveLog(run_dir / CURVES_FILE).read()
-            reports = CurveLog(run_dir / REPORTS_FILE).read()
+            cursors = self._tails.get(trial_id, (TailCursor(), TailCursor()))
+            steps, steps_cursor = CurveLog(run_dir / CURVES_FILE).read_new(cursors[0])
+            reports, reports_cursor = CurveLog(run_dir / REPORTS_FILE).read_new(cursors[1])
             entry[1] = self.tracker.log_progress(entry[0], steps, reports, entry[1])
+            # Moved only after MLflow took the points: after a failure they are read again.
+            self._tails[trial_id] = (steps_cursor, reports_cursor)
         except Exception as exc:  # noqa: BLE001 - any tracking failure is an outage to ride out
             self._outage(exc)
             return False

@@ -38,7 +38,11 @@ class LocalRayCluster:
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
 
     def env(self, base: dict | None = None) -> dict:
-        env = {k: v for k, v in (base or os.environ).items() if k != "RAY_ADDRESS"}
+        # Rewarm's Ray settings are left out, as on a real cluster whose nodes never imported
+        # rewarm: the sweep must bring them itself (sweeps/ray_cluster.py).
+        from sweeps.ray_cluster import RAY_ENV_DEFAULTS
+
+        env = {k: v for k, v in (base or os.environ).items() if k != "RAY_ADDRESS" and k not in RAY_ENV_DEFAULTS}
         # The cluster's processes (and a Ray job's entrypoint) find this venv's python and `rewarm`.
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env["RAY_TMPDIR"] = self.root

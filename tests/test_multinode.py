@@ -50,18 +50,24 @@ def write_spec(tmp_path, name: str) -> tuple:
     return path, uri
 
 
-def placements(sweep_dir) -> dict:
+def placement_records(sweep_dir) -> dict:
     out = {}
     for trial in sorted((sweep_dir / "trials").iterdir()):
         if trial.is_dir():
-            out[trial.name] = {p.stem: json.loads(p.read_text())["node_id"] for p in (trial / "placement").glob("*.json")}
+            out[trial.name] = {p.stem: json.loads(p.read_text()) for p in (trial / "placement").glob("*.json")}
     return out
 
 
-def assert_spans_both_nodes(cluster, sweep_dir, uri, name):
+def assert_spans_both_nodes(cluster, sweep_dir, uri, name, health_check_interval="0.1"):
     nodes = set(cluster.node_ids())
     assert len(nodes) == 2
-    where = placements(sweep_dir)
+    records = placement_records(sweep_dir)
+    where = {trial: {role: r["node_id"] for role, r in roles.items()} for trial, roles in records.items()}
+    # The sweep's Ray settings reached Train workers on both nodes, whose own environment lacks them.
+    for trial, roles in records.items():
+        for role in ("rank0", "rank1"):
+            assert roles[role]["ray_settings"] == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": health_check_interval,
+                                                   "RAY_TRAIN_V2_ENABLED": "1"}, (trial, role, roles[role])
     assert len(where) == 2, where
     for trial, roles in where.items():
         # Two workers, one CPU per node: each trial's DDP group spans both nodes.
@@ -118,7 +124,8 @@ def test_ray_job_submit_ships_the_working_dir(cluster, tmp_path, rewarm_bin):
         # The project's code travels with the job; the cluster's image (here: this venv) has its dependencies.
         "working_dir": str(REPO),
         "excludes": [".venv", ".git", "rewarm_runs", "mlflow.db", "mlartifacts", "benchmarks/results", "*.pyc"],
-        "env_vars": {"MLFLOW_TRACKING_URI": uri},
+        # A setting the job sets itself wins over Rewarm's default (and must not clash with it).
+        "env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
     }
     submit = [str(cluster_bin("ray")), "job", "submit", "--address", cluster.dashboard_url,
               "--runtime-env-json", json.dumps(runtime_env), "--",
@@ -135,7 +142,7 @@ def test_ray_job_submit_ships_the_working_dir(cluster, tmp_path, rewarm_bin):
     # The job ran the copy of the code that travelled with it, not this checkout.
     shipped = next(line for line in out.splitlines() if line.startswith("shipped code:"))  # not the echoed command
     assert "working_dir_files" in shipped and str(REPO) not in shipped, shipped
-    assert_spans_both_nodes(cluster, tmp_path / "shared" / "jobsweep", uri, "jobsweep")
+    assert_spans_both_nodes(cluster, tmp_path / "shared" / "jobsweep", uri, "jobsweep", health_check_interval="0.2")
     # The results are read back with no Ray at all.
     best = subprocess.run([rewarm_bin, "best", "--sweep", "jobsweep", "--tracking-uri", uri, "--format", "json"],
                           capture_output=True, text=True, timeout=120)

@@ -8,6 +8,7 @@ import shutil
 import socket
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +52,36 @@ class CurveLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
+    def read_new(self, cursor: "TailCursor") -> tuple[list[dict], "TailCursor"]:
+        """The records appended since `cursor`, and the cursor to pass next time.
+
+        The sweep driver calls this at every report of every trial; re-reading whole files
+        would cost O(steps) per report, O(steps^2) per trial. A line still being appended is
+        left for the next call. `truncate_after` replaces the file (a new inode), and then the
+        reader starts over; the caller's logged-step mark skips what it already has.
+        """
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return [], TailCursor()
+        with fh:
+            stat = os.fstat(fh.fileno())  # of the file actually opened, not of a path replaced since
+            if stat.st_ino != cursor.inode or stat.st_size < cursor.offset:
+                cursor = TailCursor(inode=stat.st_ino, offset=0)
+            fh.seek(cursor.offset)
+            data = fh.read()
+        complete = data.rfind(b"\n") + 1
+        records = [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
+        return records, TailCursor(inode=stat.st_ino, offset=cursor.offset + complete)
+
+
+@dataclass(frozen=True)
+class TailCursor:
+    """Where a reader of a CurveLog stopped: the file's inode and the byte offset read up to."""
+
+    inode: int = -1
+    offset: int = 0
+
 
 class RayReporter:
     """Sends report points to Ray Train (metrics from every rank, checkpoint from rank 0)."""
@@ -88,8 +119,14 @@ class RayReporter:
 PLACEMENT_DIR = "placement"
 
 
+# Ray settings that must hold in every Train worker, wherever it runs (sweeps/ray_cluster.py
+# sends them through the job's runtime_env); recorded with the placement to show they arrived.
+RECORDED_RAY_SETTINGS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_V2_ENABLED")
+
+
 def record_placement(run_dir: Path | None, role: str) -> None:
-    """Which Ray node ran this process (one file per role: rank0, rank1..., trial_driver).
+    """Which Ray node ran this process (one file per role: rank0, rank1..., trial_driver),
+    and the Ray settings it ran with.
 
     Written to the shared run dir so that a sweep on a multi-node cluster can show, and its
     tests assert, where trials and Train workers actually ran.
@@ -100,7 +137,8 @@ def record_placement(run_dir: Path | None, role: str) -> None:
         return
     ctx = ray.get_runtime_context()
     record = {"role": role, "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-              "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+              "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+              "ray_settings": {key: os.environ.get(key) for key in RECORDED_RAY_SETTINGS}}
     directory = run_dir / PLACEMENT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{role}.json").write_text(json.dumps(record))
