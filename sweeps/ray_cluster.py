@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 
 # Settings Rewarm runs with unless the user set them. Each is applied to this process at import
 # (os.environ.setdefault) and, on an existing cluster, sent to every task and actor of the sweep
@@ -68,5 +69,19 @@ def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 
         # address="local": always a new private cluster, even where a Ray node already runs on
         # this machine (joining one is what --address / RAY_ADDRESS are for). Its processes
         # inherit this process's environment, settings above included.
-        ray.init(address="local", dashboard_host="127.0.0.1", resources={"rewarm_trial_slot": trial_slots}, **kwargs)
+        dashboard_port = _free_local_port()
+        # Ray Train's placement-group cleaner asks the State API whether its controller is
+        # alive, with no address; where a second Ray instance runs on the machine, that lookup
+        # fails ("Found multiple active Ray instances"), the placement groups of stopped trials
+        # are never freed and later trials wait forever. Naming this cluster's API server
+        # (its dashboard) in the environment the cluster's processes inherit removes the guess.
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+        ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
+                 resources={"rewarm_trial_slot": trial_slots}, **kwargs)
     return ray.cluster_resources()
+
+
+def _free_local_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

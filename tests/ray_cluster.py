@@ -42,7 +42,10 @@ class LocalRayCluster:
         # rewarm: the sweep must bring them itself (sweeps/ray_cluster.py).
         from sweeps.ray_cluster import RAY_ENV_DEFAULTS
 
-        env = {k: v for k, v in (base or os.environ).items() if k != "RAY_ADDRESS" and k not in RAY_ENV_DEFAULTS}
+        # RAY_API_SERVER_ADDRESS names the API server of the last cluster init_ray started in
+        # this process; Ray's clients would prefer it to any --address.
+        dropped = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", *RAY_ENV_DEFAULTS}
+        env = {k: v for k, v in (base or os.environ).items() if k not in dropped}
         # The cluster's processes (and a Ray job's entrypoint) find this venv's python and `rewarm`.
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env["RAY_TMPDIR"] = self.root

@@ -1,0 +1,62 @@
+"""`rewarm sweep` on a machine where another Ray instance already runs (a user's `ray start`).
+
+Without --address, Rewarm starts its own private cluster beside it. Ray Train's
+placement-group cleaner then has two instances to choose from when it asks the State API
+whether a trial's controller is alive; if it cannot tell, the placement groups of trials
+that Tune stopped are never freed. Here every trial needs all of the machine's CPUs, so one
+leaked placement group would hold the next trial forever: the sweep must go on after its
+stopped (diverged) trials.
+"""
+
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import small_spec
+from tests.ray_cluster import LocalRayCluster
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture
+def other_ray_instance():
+    cluster = LocalRayCluster([{"num_cpus": 1, "resources": {}}])
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def test_sweep_beside_another_ray_instance_frees_stopped_trials(other_ray_instance, toy_world, tmp_path,
+                                                                 rewarm_bin, private_ray):
+    cpus = os.cpu_count() or 2
+    spec = small_spec(
+        tmp_path, name="beside",
+        search_space={"name": "default", "params": {"max_lr": [3e-3, 60.0], "warmup_frac": 0.0,
+                                                      "replay_ratio": 0.05, "schedule": "cosine"}},
+        budget={"num_trials": 4, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
+        resources={"workers_per_trial": 2, "cpus_per_worker": cpus / 2},  # a trial takes every CPU
+        tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "beside"},
+    )
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    try:
+        proc = subprocess.run([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else str(exc.stdout)
+        pytest.fail(f"the sweep stalled (a stopped trial's placement group was not freed): {out[-2000:]}")
+    finally:
+        private_ray.kill()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "multiple active Ray instances" not in out
+    ended = [line for line in out.splitlines() if line.startswith("[rewarm] trial ") and " at " in line]
+    statuses = [line.split()[3] for line in ended]
+    assert len(statuses) == 4, ended
+    assert "diverged" in statuses, "precondition: the seeded sampler proposes the diverging learning rate"
+    first_stop = statuses.index("diverged")
+    # A trial needing every CPU started, and finished, after a trial was stopped.
+    assert "completed" in statuses[first_stop + 1:], statuses
