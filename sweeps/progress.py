@@ -8,7 +8,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from sweeps.stopper import DECISIONS_FILE, STOP
-from sweeps.tracking import STATUS_TAG, Tracker, check_reachable
+from sweeps.tracking import STATUS_TAG, LoggedMarks, Tracker, check_reachable
 from trainers.loop import BEST_MODEL_DIR
 from trainers.worker import CURVES_FILE, REPORTS_FILE, CurveLog, TailCursor
 
@@ -56,7 +56,7 @@ class SweepCallback(Callback):
         self.tracker, self.trials_root, self.log = tracker, Path(trials_root), log
         self.total = spec.budget.num_trials
         self.params = flat_params(spec)
-        self._runs: dict[str, list] = {}  # trial id -> [mlflow run id, last logged step]
+        self._runs: dict[str, list] = {}  # trial id -> [mlflow run id, LoggedMarks]
         self._checkpoints: dict[str, str] = {}
         self._ended: dict[str, str] = {}
         self._best: tuple[float, str, dict] | None = None
@@ -105,9 +105,10 @@ class SweepCallback(Callback):
     # ------------------------------------------------------------------ MLflow, outage-tolerant
     #
     # Every curve point is on disk (curves.jsonl / reports.jsonl in the trial's run dir)
-    # before it reaches MLflow, and a run's `logged_step` mark only moves after a
-    # successful write. So when the tracking server is down, nothing is buffered in memory
-    # and nothing is lost: the next successful sync logs everything after the mark.
+    # before it reaches MLflow, and a run's marks (tracking.LoggedMarks: how far its step
+    # records and its report points are logged) only move after a successful write. So when
+    # the tracking server is down, nothing is buffered in memory and nothing is lost: the next
+    # successful sync logs everything after the marks.
 
     def __getstate__(self):
         # Tune pickles callbacks into the experiment state; a log function may not pickle.
@@ -116,6 +117,9 @@ class SweepCallback(Callback):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.__dict__.setdefault("_tails", {})  # state saved before tails were kept
+        for entry in self._runs.values():  # ... or when one mark covered steps and reports
+            if isinstance(entry[1], int):
+                entry[1] = LoggedMarks(entry[1], entry[1])
         self.log = self.log or print
 
     def _tracking_available(self) -> bool:

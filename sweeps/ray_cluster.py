@@ -75,9 +75,21 @@ def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 
         # fails ("Found multiple active Ray instances"), the placement groups of stopped trials
         # are never freed and later trials wait forever. Naming this cluster's API server
         # (its dashboard) in the environment the cluster's processes inherit removes the guess.
+        # Only the cluster's processes get it (they are started inside ray.init and inherit the
+        # environment then): Ray's clients prefer it to any address they are given, so in this
+        # process it would outlive the cluster and misdirect a later `ray job submit`.
+        # include_dashboard=True: were the port taken meanwhile, ray.init fails loudly instead
+        # of starting without the API server that the variable names.
+        previous = os.environ.get("RAY_API_SERVER_ADDRESS")
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
-        ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
-                 resources={"rewarm_trial_slot": trial_slots}, **kwargs)
+        try:
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=dashboard_port, resources={"rewarm_trial_slot": trial_slots}, **kwargs)
+        finally:
+            if previous is None:
+                os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            else:
+                os.environ["RAY_API_SERVER_ADDRESS"] = previous
     return ray.cluster_resources()
 
 

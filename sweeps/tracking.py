@@ -15,11 +15,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 STATUS_TAG = "rewarm.status"
 SWEEP_TAG = "rewarm.sweep"
 TRIAL_TAG = "rewarm.trial_id"
+# How far a trial's per-step records and its report points are logged (one mark each: the
+# worker writes a step's record before that step's report, and a sync between the two writes
+# must not count the report as logged).
 LOGGED_STEP_TAG = "rewarm.logged_step"
+LOGGED_REPORT_TAG = "rewarm.logged_report_step"
 KIND_TAG = "rewarm.kind"
 TERMINAL_STATUSES = ("completed", "early_stopped", "diverged", "failed")
 # What each run status becomes in MLflow's own run status.
@@ -56,6 +61,13 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason}); "
                             "start it or set MLFLOW_TRACKING_URI") from None
+
+
+class LoggedMarks(NamedTuple):
+    """The last step of a trial's per-step records, and of its report points, in MLflow."""
+
+    steps: int
+    reports: int
 
 
 class Tracker:
@@ -152,8 +164,8 @@ class Tracker:
                 closed.append(run.data.tags.get(TRIAL_TAG))
         return closed
 
-    def child_for_trial(self, trial_id: str, knobs: dict, params: dict) -> tuple[str, int]:
-        """The trial's child run (found again after a retry or resume) and its last logged step."""
+    def child_for_trial(self, trial_id: str, knobs: dict, params: dict) -> tuple[str, LoggedMarks]:
+        """The trial's child run (found again after a retry or resume) and how far it is logged."""
         from mlflow.entities import Param
 
         found = self.client.search_runs(
@@ -164,44 +176,46 @@ class Tracker:
             run = found[0]
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id, int(run.data.tags.get(LOGGED_STEP_TAG, 0))
+            steps_mark = int(run.data.tags.get(LOGGED_STEP_TAG, 0))
+            # Runs logged before reports had their own mark shared the step mark.
+            return run.info.run_id, LoggedMarks(steps_mark, int(run.data.tags.get(LOGGED_REPORT_TAG, steps_mark)))
         run = self.client.create_run(self.ensure_experiment(), run_name=f"{self.sweep}-{trial_id}", tags={
             "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: "trial",
-            TRIAL_TAG: trial_id, STATUS_TAG: "running", LOGGED_STEP_TAG: "0"})
+            TRIAL_TAG: trial_id, STATUS_TAG: "running", LOGGED_STEP_TAG: "0", LOGGED_REPORT_TAG: "0"})
         all_params = {**{f"knob.{k}": v for k, v in knobs.items()}, **params}
         items = [Param(k, _param_text(v)) for k, v in all_params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=items[i:i + 100])
-        return run.info.run_id, 0
+        return run.info.run_id, LoggedMarks(0, 0)
 
-    def log_progress(self, run_id: str, steps: list[dict], reports: list[dict], logged_step: int) -> int:
-        """Log per-step records and report-point metrics after `logged_step`; return the new mark."""
+    def log_progress(self, run_id: str, steps: list[dict], reports: list[dict], marks: LoggedMarks) -> LoggedMarks:
+        """Log per-step records and report points past their marks; return the new marks."""
         from mlflow.entities import Metric, RunTag
 
         metrics = []
-        for rec in steps:
-            if rec["step"] <= logged_step:
-                continue
+        new_steps = [rec for rec in steps if rec["step"] > marks.steps]
+        new_reports = [rep for rep in reports if rep["step"] > marks.reports]
+        for rec in new_steps:
             ts = int(rec.get("time", time.time()) * 1000)
             metrics += [Metric(name, float(rec[key]), ts, rec["step"]) for key, name in STEP_METRICS.items()
                         if key in rec and _finite(rec[key])]
-        for rep in reports:
-            if rep["step"] <= logged_step:
-                continue
+        for rep in new_reports:
             ts = _now_ms()
             metrics += [Metric(f"eval/{k}", float(rep[k]), ts, rep["step"]) for k in EVAL_METRICS
                         if k in rep and _finite(rep[k])]
             metrics += [Metric(k, float(v), ts, rep["step"]) for k, v in rep.items()
                         if k.startswith(TASK_PREFIX) and _finite(v)]
         if not metrics:
-            return logged_step
-        new_mark = max([logged_step] + [r["step"] for r in steps] + [r["step"] for r in reports])
+            return marks
+        new_marks = LoggedMarks(max([marks.steps] + [r["step"] for r in new_steps]),
+                                max([marks.reports] + [r["step"] for r in new_reports]))
         for i in range(0, len(metrics), _MAX_BATCH):
             last = i + _MAX_BATCH >= len(metrics)
-            # The mark moves with the last chunk, so a crash mid-way re-logs, never skips.
-            tags = [RunTag(LOGGED_STEP_TAG, str(new_mark))] if last else []
+            # The marks move with the last chunk, so a crash mid-way re-logs, never skips.
+            tags = [RunTag(LOGGED_STEP_TAG, str(new_marks.steps)),
+                    RunTag(LOGGED_REPORT_TAG, str(new_marks.reports))] if last else []
             self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH], tags=tags)
-        return new_mark
+        return new_marks
 
     def finish_child(self, run_id: str, status: str, final: dict, artifacts: dict[str, Path],
                      files: list[Path] = (), tags: dict[str, str] | None = None) -> None:

@@ -240,6 +240,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     try:
         if resume and tune.Tuner.can_restore(str(sweep_dir)):
             tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+            callback = adopt_restored_callback(tuner, callback)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -278,6 +279,25 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if grid.errors and not trials:
         raise RuntimeError(f"all trials failed; first error: {grid.errors[0]}")
     return SweepOutcome(sweep_dir=sweep_dir, parent_run_id=parent, trials=trials)
+
+
+def adopt_restored_callback(tuner, fresh):
+    """The SweepCallback a restored Tuner will call, bound to this driver's tracker and log.
+
+    Tuner.restore brings back the callback pickled with the sweep's run config, not `fresh`;
+    the end-of-sweep flush must go through the one Tune fed with trial events. Reached
+    through the Tuner's local internals (Ray has no public accessor); where that fails,
+    `fresh` still closes the sweep from MLflow's own records.
+    """
+    try:
+        callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    except AttributeError:
+        return fresh
+    restored = next((cb for cb in callbacks if type(cb) is type(fresh)), None)
+    if restored is None:
+        return fresh
+    restored.tracker, restored.log = fresh.tracker, fresh.log
+    return restored
 
 
 def load_sweep_spec(sweep: str, storage_path: str = "rewarm_runs") -> SweepSpec:

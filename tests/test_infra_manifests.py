@@ -574,10 +574,12 @@ def test_every_ray_start_binds_the_dashboard_to_loopback(path):
 
 
 def _ray_train_env_defaults() -> dict[str, str]:
-    """RAY_TRAIN_* settings sweeps/ray_cluster.py puts in the driver's environment: on a
-    cluster, processes on other nodes only get them from the node environment."""
-    src = (REPO / "sweeps" / "ray_cluster.py").read_text()
-    return dict(re.findall(r'os\.environ\.setdefault\("(RAY_TRAIN_[A-Z0-9_]+)",\s*"([^"]*)"\)', src))
+    """The RAY_TRAIN_* settings of sweeps/ray_cluster.py. `rewarm` also sends them with its
+    job's runtime_env; the manifests set them in every pod as well, so that Ray processes
+    outside any sweep job (and older clients) run with them too."""
+    from sweeps.ray_cluster import RAY_ENV_DEFAULTS
+
+    return {k: v for k, v in RAY_ENV_DEFAULTS.items() if k.startswith("RAY_TRAIN_")}
 
 
 # ---------------------------------------------------------------------- MLflow

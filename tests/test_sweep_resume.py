@@ -80,3 +80,7 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
     assert rows[0]["objective"] == max(r["objective"] for r in rows)
     parents = MlflowClient(uri).search_runs([runs[0].info.experiment_id], filter_string="tags.`rewarm.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # The resumed driver's end-of-sweep bookkeeping went through the callback Tune restored and
+    # fed with trial events (driver_timings.json is written from it), not through an idle copy.
+    timings = json.loads((tmp_path / "runs" / "resumable" / "driver_timings.json").read_text())
+    assert set(before) & set(timings), (sorted(before), sorted(timings))

@@ -66,13 +66,22 @@ class CurveLog:
             return [], TailCursor()
         with fh:
             stat = os.fstat(fh.fileno())  # of the file actually opened, not of a path replaced since
-            if stat.st_ino != cursor.inode or stat.st_size < cursor.offset:
+            if stat.st_ino != cursor.inode or stat.st_size < cursor.offset or not _line_starts_at(fh, cursor.offset):
+                # A replaced file (or one that reused the old inode number: the offset is then
+                # not at a line start) is read from the top again.
                 cursor = TailCursor(inode=stat.st_ino, offset=0)
             fh.seek(cursor.offset)
             data = fh.read()
         complete = data.rfind(b"\n") + 1
         records = [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
         return records, TailCursor(inode=stat.st_ino, offset=cursor.offset + complete)
+
+
+def _line_starts_at(fh, offset: int) -> bool:
+    if offset == 0:
+        return True
+    fh.seek(offset - 1)
+    return fh.read(1) == b"\n"
 
 
 @dataclass(frozen=True)
