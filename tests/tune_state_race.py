@@ -23,7 +23,7 @@ def main(mode: str) -> dict:
     if mode == "patched":
         from sweeps.tune_state import serialize_state_uploads
 
-        serialize_state_uploads()
+        assert serialize_state_uploads(), "sweeps/tune_state.py could not install its wrapper on this Ray"
     root = Path(tempfile.mkdtemp())
     staging = root / "staging"
 
