@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml Makefile
 
 # Test services from Debian's packages, where missing and we may install them: PostgreSQL for the
 # MLflow-server test (tests/test_mlflow_server.py) and Chromium for the report's browser check
-# (tests/test_report.py). Without them those tests are skipped, saying why.
+# (tests/test_report.py). Without them those tests skip, saying why; under CI=true they fail.
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 define apt_ensure
 	@$(1) >/dev/null 2>&1 || { \
 	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { $(APT_INSTALL) $(2) >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && $(APT_INSTALL) $(2) >/dev/null 2>&1; }; } \
-	  || echo "note: $(2) could not be installed; the tests that need it will be skipped"; }
+	  || echo "note: $(2) could not be installed; the tests that need it skip (under CI=true they fail)"; }
 endef
 
 services:

@@ -168,6 +168,7 @@ class TrackingSpec(_Spec):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db (absolute).")
     experiment: str = Field("rewarm", description="MLflow experiment name.")
     flush_timeout_s: float = Field(300, ge=0, description="At the end of a sweep, how long to wait for an unavailable tracking server before giving up (curves stay on disk).")
+    log_interval_s: float = Field(10.0, ge=0, description="Seconds between two MLflow writes of one trial's curves while it runs (they wait on disk; a trial's end is logged at once). 0 logs every report point.")
 
 
 class SweepSpec(_Spec):

@@ -1,8 +1,10 @@
-"""`rewarm train`: one trial of a spec, every knob fixed, on Ray Train workers.
+"""`rewarm train`: one trial of a spec, every knob fixed, on Ray.
 
-A run name under the spec's storage path identifies the run: starting the same name
-again resumes it from its latest checkpoint (Ray Train restores the run), with the LR
-schedule, replay position, RNG and tokens seen exactly where they were.
+A single-worker run trains in one Ray task with the worker's resources (retried on a
+process failure); a run of several workers on a Ray Train worker group (DDP). A run name
+under the spec's storage path identifies the run: starting the same name again resumes it
+from its newest checkpoint that verifies, with the LR schedule, replay position, RNG and
+tokens seen exactly where they were.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def train_torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: st
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainers.worker import train_worker
+    from trainers.worker import KEEP_CHECKPOINTS, train_worker
 
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker}
@@ -58,9 +60,39 @@ def train_torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: st
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=run_name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=res.max_failures),
-                             # the latest to resume from, and the one before in case it is corrupt
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
+
+
+def in_process(spec: SweepSpec) -> bool:
+    """Whether runs of this spec train in one process of their own (a sweep's Tune trial, or
+    `rewarm train`'s Ray task) rather than on a Ray Train worker group.
+
+    One worker needs no worker group: a Train controller, placement group and worker actor
+    cost ~10 s per run on the embedded default (DESIGN.md), most of a short trial's time.
+    """
+    return spec.resources.workers_per_trial == 1
+
+
+def _train_task(trial_json: str, use_gpu: bool) -> None:
+    from trainers.config import TrialConfig
+    from trainers.worker import record_placement, train_in_process
+
+    cfg = TrialConfig.model_validate_json(trial_json)
+    record_placement(cfg.run_dir, "trial_driver")
+    train_in_process(cfg, use_gpu)
+
+
+def run_in_task(cfg, spec: SweepSpec) -> None:
+    """A single-worker run as one Ray task holding the worker's CPUs/GPUs. A task whose process
+    dies is run again (up to resources.max_failures times, as Train restarts a worker group),
+    and the new attempt resumes from the run dir's newest good checkpoint."""
+    import ray
+
+    res = spec.resources
+    task = ray.remote(_train_task).options(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
+                                           max_retries=res.max_failures, retry_exceptions=False)
+    ray.get(task.remote(cfg.model_dump_json(), res.gpus_per_worker > 0))
 
 
 def check_cluster_fits(spec: SweepSpec, resources: dict) -> None:
@@ -99,10 +131,12 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     log(f"[rewarm] run {run_name}: {knobs} | {cfg.loop.total_steps} steps of "
         f"{spec.tokens_per_step} tokens | base L_up={resolved.base_reference.L_up:.4f} "
         f"L_down={resolved.base_reference.L_down:.4f}")
-    trainer = train_torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage)
     timings["fit_start"] = time.time()
     try:
-        trainer.fit()
+        if in_process(spec):
+            run_in_task(cfg, spec)
+        else:
+            train_torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage).fit()
     except Exception as exc:  # Ray wraps worker errors; the root cause is what the user needs
         cause = _root_cause(exc)
         user_error = next((name for name in _USER_ERRORS_IN_WORKERS if f"{name}: " in cause), None)
@@ -146,8 +180,14 @@ def check_storage_writable(storage: str) -> None:
 
 
 def _root_cause(exc: BaseException) -> str:
+    from ray.exceptions import RayTaskError
+
     seen = exc
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
+    while True:
+        # A failed Ray task re-raises as a RayTaskError that carries the original in `cause`.
+        inner = seen.cause if isinstance(seen, RayTaskError) and isinstance(seen.cause, BaseException) else seen.__cause__
+        if inner is None:
+            break
+        seen = inner
     text = str(seen).strip().splitlines()
     return f"{type(seen).__name__}: {text[-1] if text else ''}"

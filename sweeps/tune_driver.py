@@ -1,11 +1,13 @@
 """`rewarm sweep` / `rewarm resume`: Ray Tune + Optuna over the knobs, each trial on Ray Train.
 
-Wiring (Ray 2.60, Train V2; DESIGN.md): the Tune trainable is a function that builds a
-`TorchTrainer` for its trial and calls `.fit()`, with `TuneReportCallback` passing rank
-0's reports to Tune. The trial's Train run lives at `<sweep dir>/trials/<trial id>`, so a
-Tune retry or `Tuner.restore` starts the same Train run again and Ray Train resumes it
-from its latest checkpoint (exact resume). The trial function needs no CPU: it asks for
-one unit of the custom resource `rewarm_trial_slot`, so all CPUs go to Train workers.
+Wiring (Ray 2.60, Train V2; DESIGN.md): the Tune trainable is a function. For a trial of one
+worker it runs the training loop itself, holding that worker's CPUs/GPUs (no Train worker
+group: ~10 s less per trial). For a trial of several workers it builds a `TorchTrainer` and
+calls `.fit()`, with `TuneReportCallback` passing rank 0's reports to Tune; that trial
+function needs no CPU: it asks for one unit of the custom resource `rewarm_trial_slot`, so
+all CPUs go to Train workers. Either way the trial's run lives at
+`<sweep dir>/trials/<trial id>`, so a Tune retry or `Tuner.restore` starts the same run
+again and it resumes from its newest good checkpoint (exact resume).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from search_spaces.params import Choice, Fixed, LogUniform, Uniform, bounds
 from sweeps.resolve import ResolvedSweep, resolve, trial_config
 from sweeps.spec import SpecError, SweepSpec, validate_spec
 from sweeps.tracking import Tracker, check_reachable
+from sweeps.train_run import in_process
 
 TRIAL_SLOT = "rewarm_trial_slot"
 SPEC_FILE = "spec.yaml"
@@ -44,21 +48,41 @@ class SweepOutcome:
 
 
 def run_trial(config: dict, resolved: ResolvedSweep, sweep_dir: str) -> None:
-    """The Tune function trainable: one trial = one Ray Train run."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    """The Tune function trainable: one trial = one run of the loop.
 
-    from sweeps.train_run import train_torch_trainer
-    from trainers.worker import record_placement
+    A single-worker trial runs the loop right here, in the Tune trial's process; a trial of
+    several workers is a Ray Train run (DDP over a worker group) that this function drives.
+    Either way the run lives at `<sweep dir>/trials/<trial id>` and leaves the same files.
+    """
+    from ray import tune
+
+    from trainers.worker import record_placement, train_in_process
 
     knobs = {k: config[k] for k in ("warmup_frac", "max_lr", "replay_ratio", "schedule")}
     trial_id = tune.get_context().get_trial_id()
     trials_root = Path(sweep_dir) / TRIALS_DIR
     record_placement(trials_root / trial_id, "trial_driver")
     cfg = trial_config(resolved, knobs, run_dir=trials_root / trial_id)
+    res = resolved.spec.resources
+    if in_process(resolved.spec):
+        train_in_process(cfg, use_gpu=res.gpus_per_worker > 0, send=tune.report)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from sweeps.train_run import train_torch_trainer
+
     trainer = train_torch_trainer(json.loads(cfg.model_dump_json()), resolved.spec, run_name=trial_id,
                                   storage=str(trials_root), callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+def trial_resources(spec: SweepSpec) -> dict:
+    """What one Tune trial asks Ray for. In-process trials hold their worker's CPUs and GPUs
+    themselves; a Ray Train trial's driver holds only a trial slot (its workers hold the rest)."""
+    res = spec.resources
+    if in_process(spec):
+        return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    return {TRIAL_SLOT: 1}
 
 
 # ---------------------------------------------------------------------- search and scheduling
@@ -215,7 +239,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     resolved = resolve(spec, log=log)
     cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
     check_cluster_fits(spec, cluster)
-    if cluster.get(TRIAL_SLOT, 0) < 1:
+    if not in_process(spec) and cluster.get(TRIAL_SLOT, 0) < 1:
         raise SpecError(f"resources: the Ray cluster has no {TRIAL_SLOT!r} resource for trial drivers; "
                         f"start its head node with --resources='{{\"{TRIAL_SLOT}\": 64}}'")
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -228,13 +252,16 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     concurrency = max_concurrent(spec, cluster)
     callback = SweepCallback(tracker, spec, str(sweep_dir / TRIALS_DIR), log=log)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(sweep_dir)), {TRIAL_SLOT: 1})
+        tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(sweep_dir)), trial_resources(spec))
     log(f"[rewarm] sweep {spec.name}: {spec.budget.num_trials} trials x {spec.budget.tokens_per_trial} tokens, "
         f"{concurrency} at a time, {spec.objective.kind} objective, scheduler {spec.scheduler.kind}"
         + (f" (grace {grace_tokens(spec, params)} tokens)" if spec.scheduler.kind == "asha" else ""))
     log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
         f" | MLflow {uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
     serialize_state_uploads()  # Tune's state saves must not race their uploads (tune_state.py)
+    # A retried or resumed trial reports its steps again from its checkpoint; Optuna keeps the
+    # first value of each step and warns once per step. Expected, so not shown to the user.
+    warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=\d+` is already reported")
     t0 = time.time()
     status = "failed"
     try:
@@ -247,7 +274,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
                 tune_config=tune.TuneConfig(
                     search_alg=make_searcher(spec, params),
                     scheduler=make_scheduler(spec, params, str(sweep_dir / TRIALS_DIR)),
-                    num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency),
+                    num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency,
+                    # A finished trial's process (torch and transformers imported, ~3 s) starts
+                    # the next trial; the loop seeds every RNG itself, so nothing carries over.
+                    reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=str(sweep_dir.parent), callbacks=[callback], verbose=0,
                     # The schedule-aware stopper stops divergence itself (and logs why).

@@ -8,6 +8,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_TEST_CPUS = 2
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """A test's service (PostgreSQL, Chromium, ...) must be there. Outside CI a missing one skips
+    the test, saying why; under CI=true it fails it: a CI run never passes by skipping."""
+    if available:
+        return
+    message = f"{what} is missing (`make test` installs it from Debian's packages where it may)"
+    if IN_CI:
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Backstop for `require`: under CI=true any skip, whoever raised it, is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome, report.longrepr = "failed", f"CI=true forbids skipping: {reason}"
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +44,12 @@ def rewarm_bin():
     return str(Path(sys.executable).with_name("rewarm"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray():
-    """One local Ray cluster per test module (starting Ray costs seconds)."""
+    """One local Ray cluster for the whole test session (starting Ray costs ~6 s on 2 cores).
+
+    Tests that need a cluster of their own (killed drivers, a second instance, several nodes)
+    start it in a subprocess instead (`private_ray`, tests/ray_cluster.py)."""
     import ray
 
     from sweeps.ray_cluster import init_ray

@@ -7,17 +7,16 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import SMALL_RUN, changed
+from tests.conftest import SMALL_RUN, changed, require
 from tests.mlflow_server import MlflowServer
 from tests.postgres import PostgresServer, postgres_bin_dir
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow,
-              pytest.mark.skipif(postgres_bin_dir() is None,
-                                 reason="PostgreSQL not installed and `make test` could not install it")]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture
 def mlflow_on_postgres(tmp_path):
+    require(postgres_bin_dir() is not None, "PostgreSQL (initdb, postgres)")
     pg = PostgresServer().start()
     server = None
     try:

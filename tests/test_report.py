@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tune_driver import run_sweep
-from tests.conftest import small_spec
+from tests.conftest import require, small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TASKS = ("next_word", "successor_rank")
@@ -91,8 +91,7 @@ def test_report_writes_the_page_and_every_plot_and_logs_them(report):
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it where it may)")
+    require(chromium is not None, "Debian's chromium")
     out, _, _ = report
     proc = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

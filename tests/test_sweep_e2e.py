@@ -94,33 +94,43 @@ def test_best_reads_mlflow_alone_and_export_reruns_exactly(sweep, rewarm_bin):
     assert rerun.metrics["objective"] == pytest.approx(rows[0]["objective"], abs=1e-9)
 
 
-def test_best_filters(sweep, rewarm_bin):
+def _best(capsys, *args) -> tuple[int, str, str]:
+    """`rewarm best` in this process (the subprocess test above shows it needs no Ray)."""
+    from sweeps.cli import main
+
+    capsys.readouterr()
+    code = main(["best", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_best_filters(sweep, capsys, monkeypatch):
     _, uri, outcome, tmp = sweep
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     lowest = min(t["metrics"]["forgetting"] for t in outcome.trials if "forgetting" in t["metrics"])
-    proc = subprocess.run([rewarm_bin, "best", "--sweep", "e2e", "--format", "json", "--tracking-uri", uri,
-                           "--max-forgetting", str(lowest)], capture_output=True, text=True, env=env)
-    rows = json.loads(proc.stdout)
+    _, out, _ = _best(capsys, "--sweep", "e2e", "--format", "json", "--tracking-uri", uri,
+                      "--max-forgetting", str(lowest))
+    rows = json.loads(out)
     assert rows and all(r["forgetting"] <= lowest for r in rows)
-    proc = subprocess.run([rewarm_bin, "best", "--sweep", "e2e", "--format", "json", "--tracking-uri", uri,
-                           "--pareto"], capture_output=True, text=True, env=env)
-    front = json.loads(proc.stdout)
+    _, out, _ = _best(capsys, "--sweep", "e2e", "--format", "json", "--tracking-uri", uri, "--pareto")
+    front = json.loads(out)
     for a in front:
         assert not any(b["gain"] > a["gain"] and b["forgetting"] < a["forgetting"] for b in front)
-    missing = subprocess.run([rewarm_bin, "best", "--sweep", "nope", "--tracking-uri", uri],
-                             capture_output=True, text=True, env=env)
-    assert missing.returncode == 2 and missing.stderr.strip() == "rewarm: error: sweep 'nope' not found in the tracking store"
+    code, _, err = _best(capsys, "--sweep", "nope", "--tracking-uri", uri)
+    assert code == 2 and err.strip() == "rewarm: error: sweep 'nope' not found in the tracking store"
 
 
-def test_diverging_trial_is_marked_never_ranked_and_the_sweep_goes_on(local_ray, toy_world, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
+def test_diverging_trial_is_marked_never_ranked_and_the_sweep_goes_on(local_ray, toy_world, tmp_path, workers):
     from sweeps.best import load_sweep, open_client, rank
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(
-        tmp_path, name="blowup",
+        tmp_path, name=f"blowup{workers}",
         search_space={"name": "default", "params": {"max_lr": [3e-3, 60.0], "warmup_frac": 0.0,
                                                       "replay_ratio": 0.05, "schedule": "cosine"}},
-        budget={"num_trials": 4, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
+        budget={"num_trials": 4 if workers == 1 else 3, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
+        resources={"workers_per_trial": workers, "cpus_per_worker": 1},
         scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "blowup"},
     )
     outcome = run_sweep(spec)
@@ -134,7 +144,7 @@ def test_diverging_trial_is_marked_never_ranked_and_the_sweep_goes_on(local_ray,
         if t["status"] == "diverged":
             assert t["metrics"]["step"] <= 2 * eval_steps  # stopped within a few evals
     client = open_client(uri)
-    _, trials = load_sweep(client, "blowup")
+    _, trials = load_sweep(client, f"blowup{workers}")
     assert all(client.get_run(t["run_id"]).info.status == "FAILED" for t in trials if t["status"] == "diverged")
     assert {t["status"] for t in rank(trials)} == {"completed"}  # never ranked
 

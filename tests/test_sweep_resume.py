@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-TRIALS = 4
+STEPS = 48
+# Trials per kind: the driver is killed inside the second trial, the last of a two-worker sweep.
+TRIALS = {1: 4, 2: 2}
 
 
 def _children(uri):
@@ -24,10 +26,27 @@ def _children(uri):
     return client.search_runs([e.experiment_id for e in exps], filter_string="tags.`rewarm.kind` = 'trial'")
 
 
-def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bin, private_ray):
+def _last_status(trial_dir):
+    reports = trial_dir / "reports.jsonl"
+    lines = reports.read_text().splitlines() if reports.exists() else []
+    return json.loads(lines[-1])["status"] if lines else None
+
+
+def _mid_trial(trials_dir) -> bool:
+    """A trial has ended and another is between its first checkpoint and its end."""
+    dirs = [d for d in trials_dir.iterdir() if d.is_dir()] if trials_dir.exists() else []
+    ended = [d for d in dirs if _last_status(d) == "completed"]
+    running = [d for d in dirs if _last_status(d) == "running" and any(d.glob("checkpoint_*"))]
+    return bool(ended) and bool(running)
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
+def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bin, private_ray, workers):
+    trials = TRIALS[workers]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(tmp_path, name="resumable", search_space={"name": "default", "params": {}},
-                      budget={"num_trials": TRIALS, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
+                      budget={"num_trials": trials, "max_concurrent": 1, "tokens_per_trial": 512 * STEPS},
+                      resources={"workers_per_trial": workers, "cpus_per_worker": 1},
                       scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "resume"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
@@ -36,16 +55,10 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:  # wait until one trial has ended and the next has started
-            runs = _children(uri)
-            ended = [r for r in runs if r.data.tags.get("rewarm.status") != "running"]
-            if ended and len(runs) >= 2:
-                time.sleep(3)  # well inside the next trial (tens of seconds), after Tune saved its state
-                break
+        while not _mid_trial(tmp_path / "runs" / "resumable" / "trials"):
             assert proc.poll() is None, "sweep ended before it could be interrupted"
-            time.sleep(1)
-        else:
-            pytest.fail("no trial ended within 300 s")
+            assert time.time() < deadline, "no trial ended within 300 s"
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -61,19 +74,19 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = _children(uri)
     ids = [r.data.tags["rewarm.trial_id"] for r in runs]
-    assert len(ids) == len(set(ids)) == TRIALS  # every planned trial, none duplicated
+    assert len(ids) == len(set(ids)) == trials  # every planned trial, none duplicated
     assert set(before) <= set(ids)  # the interrupted trials were continued, not replaced
     assert all(r.info.status != "RUNNING" and r.data.tags["rewarm.status"] == "completed" for r in runs)
     knobs = {tuple(r.data.params[f"knob.{k}"] for k in ("max_lr", "warmup_frac", "replay_ratio")) for r in runs}
-    assert len(knobs) == TRIALS  # the searcher's history was kept: no config suggested twice
+    assert len(knobs) == trials  # the searcher's history was kept: no config suggested twice
     for r in runs:  # curves continued in the same run: every step exactly once
         steps = [m.step for m in MlflowClient(uri).get_metric_history(r.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, 25))
+        assert sorted(steps) == list(range(1, STEPS + 1))
     # `rewarm best` (MLflow alone) agrees with what each trial reported to Tune (its report log).
     best = subprocess.run([rewarm_bin, "best", "--sweep", "resumable", "--tracking-uri", uri, "--format", "json",
                            "--top", "10"], capture_output=True, text=True, env=env)
     rows = json.loads(best.stdout)
-    assert len(rows) == TRIALS
+    assert len(rows) == trials
     for row in rows:
         reports = (tmp_path / "runs" / "resumable" / "trials" / row["trial_id"] / "reports.jsonl").read_text()
         assert row["objective"] == pytest.approx(json.loads(reports.splitlines()[-1])["objective"])

@@ -12,7 +12,8 @@ from tests.conftest import small_spec
 from tests.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-TRIALS, STEPS = 3, 24
+STEPS = 48
+TRIALS = {1: 3, 2: 2}  # per kind of trial: in-process, or a Ray Train worker group
 
 
 def _trial_runs(uri):
@@ -21,10 +22,12 @@ def _trial_runs(uri):
     return client.search_runs([e.experiment_id for e in exps], filter_string="tags.`rewarm.kind` = 'trial'") if exps else []
 
 
-def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, private_ray):
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
+def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, private_ray, workers):
     server = MlflowServer(tmp_path).start()
     spec = small_spec(tmp_path, name="outage", search_space={"name": "default", "params": {}},
-                      budget={"num_trials": TRIALS, "max_concurrent": 1, "tokens_per_trial": 512 * STEPS},
+                      budget={"num_trials": TRIALS[workers], "max_concurrent": 1, "tokens_per_trial": 512 * STEPS},
+                      resources={"workers_per_trial": workers, "cpus_per_worker": 1},
                       scheduler={"kind": "none"}, tracking={"uri": server.uri, "experiment": "outage"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
@@ -38,12 +41,12 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
             if runs and MlflowClient(server.uri).get_metric_history(runs[0].info.run_id, "train/loss"):
                 break  # the first trial is training and logging
             assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.2)
         else:
             pytest.fail("first trial did not start logging")
         server.stop()  # down while trials train
         down_since = time.time()
-        time.sleep(15)
+        time.sleep(10)  # one MLflow write interval (tracking.log_interval_s): trials log into the outage
         assert proc.poll() is None  # the sweep rides out the outage
         server.start()
         proc.wait(timeout=400)
@@ -58,7 +61,7 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
     server.start()
     try:
         runs = _trial_runs(server.uri)
-        assert len(runs) == TRIALS
+        assert len(runs) == TRIALS[workers]
         client = MlflowClient(server.uri)
         for r in runs:
             assert r.info.status == "FINISHED" and r.data.tags["rewarm.status"] == "completed"

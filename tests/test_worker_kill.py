@@ -1,5 +1,8 @@
-"""SIGKILL a Ray Train worker mid-trial: the trial resumes from its latest checkpoint and its
-curves equal an uninterrupted run's; MLflow has one child run with every step exactly once."""
+"""SIGKILL the process that trains a trial, mid-trial: the trial resumes from its latest checkpoint
+and its curves equal an uninterrupted run's; MLflow has one child run with every step exactly once.
+
+Both kinds of trial: a single-worker trial trains in its Tune trial process (Tune retries it), a
+two-worker trial on Ray Train workers (Train restarts its worker group)."""
 
 import json
 import os
@@ -11,16 +14,20 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps.spec import load_spec
+from sweeps.train_run import run_single
 from tests.conftest import small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-STEPS = 160
+STEPS = 64
+# The process title of what trains: Tune's function-trainable actor, or a Ray Train worker.
+TRAINING_PROCESS = {1: "ImplicitFunc", 2: "RayTrainWorker"}
 
 
-def _train_workers(ray_root: str) -> list[int]:
-    """PIDs of Train worker processes belonging to this test's private Ray cluster."""
+def _training_processes(ray_root: str, title: str) -> list[int]:
+    """PIDs of the processes with this title that belong to this test's private Ray cluster."""
     pids = []
-    for pid in subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split():
+    for pid in subprocess.run(["pgrep", "-f", title], capture_output=True, text=True).stdout.split():
         try:
             env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
@@ -34,10 +41,12 @@ def _curve(path):
     return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
-def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_ray):
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
+def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_ray, local_ray, workers):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(tmp_path, name="killworker", budget={"num_trials": 1, "tokens_per_trial": 512 * STEPS},
-                      training={"checkpoint_every_tokens": 512 * 16, "eval_every_tokens": 512 * 8},
+                      training={"checkpoint_every_tokens": 512 * 8, "eval_every_tokens": 512 * 4},
+                      resources={"workers_per_trial": workers, "cpus_per_worker": 1},
                       scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "kill"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
@@ -48,13 +57,13 @@ def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_
         deadline = time.time() + 300
         while time.time() < deadline and killed_at is None:
             curves = list((tmp_path / "runs" / "killworker" / "trials").glob("*/curves.jsonl"))
-            if curves and len(curves[0].read_text().splitlines()) >= 40:
-                pids = _train_workers(private_ray.root)
-                assert len(pids) == 1
-                os.kill(pids[0], signal.SIGKILL)
+            if curves and len(curves[0].read_text().splitlines()) >= 20:
+                pids = _training_processes(private_ray.root, TRAINING_PROCESS[workers])
+                assert len(pids) == workers
+                os.kill(pids[-1], signal.SIGKILL)
                 killed_at = len(curves[0].read_text().splitlines())
             assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert killed_at is not None and killed_at < STEPS, "trial finished before the worker could be killed"
         proc.wait(timeout=400)
     finally:
@@ -65,11 +74,11 @@ def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_
     attempts = [json.loads(x) for x in (trial_dir / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) == 2 and 0 < attempts[1]["resumed_from_step"] <= killed_at  # resumed, not restarted
 
-    # The spec's knobs are all fixed, so `rewarm train` reruns the same trial uninterrupted.
-    reference = subprocess.run([rewarm_bin, "train", str(tmp_path / "s.yaml"), "--run-name", "reference"],
-                               cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert _curve(trial_dir / "curves.jsonl") == _curve(tmp_path / "runs" / "reference" / "curves.jsonl")
+    # The spec's knobs are all fixed, so `rewarm train`'s code path reruns the same trial
+    # uninterrupted (on the session's Ray cluster: a Ray task, or a Train worker group).
+    reference = run_single(load_spec(tmp_path / "s.yaml"), run_name="reference", log=lambda *_: None)
+    assert reference.status == "completed"
+    assert _curve(trial_dir / "curves.jsonl") == _curve(reference.run_dir / "curves.jsonl")
 
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,18 +22,19 @@ class CollectingReporter:
     steps: list[dict] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
 
+    def checkpoint_target(self, step: int) -> Path:
+        if self.checkpoint_root is None:  # written, then dropped: the caller keeps no checkpoints
+            return Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
+        return self.checkpoint_root / f"step_{step:08d}"
+
     def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
         self.reports.append(metrics)
         self.steps.extend(steps)
         if checkpoint_dir is not None:
             if self.checkpoint_root is None:
                 shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
-                return
-            dest = self.checkpoint_root / f"step_{metrics['step']:08d}"
-            self.checkpoint_root.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(checkpoint_dir), dest)
-            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
-            self.checkpoints.append(dest)
+            else:
+                self.checkpoints.append(checkpoint_dir)
 
 
 def run_in_process(cfg: TrialConfig, checkpoint_root: Path | None = None, resume_from: Path | None = None,

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import random
 import time
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +37,9 @@ DIVERGED_OBJECTIVE = -1000.0  # below any real objective (gains are a few nats a
 
 
 class Reporter(Protocol):
+    def checkpoint_target(self, step: int) -> Path:
+        """Where rank 0 writes the checkpoint of `step` (it must not exist yet)."""
+
     def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
         """Called on every rank at each report point; `checkpoint_dir` only on rank 0."""
 
@@ -57,7 +60,9 @@ class Trainer:
         self.val_up = load_blocks(cfg.upstream.val)
         self.val_down = load_blocks(cfg.downstream.val)
 
-        torch.manual_seed(loop.seed + self.rank)
+        # Every RNG, not only torch's: a process may have run another trial before this one
+        # (Tune reuses trial processes), and a resumed run restores all of them below.
+        seed_everything(loop.seed + self.rank)
         state = TrainState(step=0, tokens_seen=0, replay={}, config_fingerprint=cfg.fingerprint())
         if resume_from is not None:
             state = load_checkpoint(resume_from, model, self.optimizer, self.rank, device)
@@ -190,6 +195,9 @@ class Trainer:
             "step": s.step, "tokens": s.tokens_seen, "loss": last["loss"], "lr": last["lr"],
             "grad_norm": last["grad_norm"],
             "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in self._pending])) if self._pending else 0.0,
+            # The realised replay ratio over the steps since the last report point.
+            "replay_share": (sum(r["upstream_seqs"] for r in self._pending)
+                             / (len(self._pending) * cfg.loop.global_batch_size)) if self._pending else 0.0,
             "status": status, "world_size": self.world, "warmup_tokens": warmup_steps(cfg.schedule, cfg.loop.total_steps)
             * cfg.loop.global_batch_size * cfg.loop.seq_len,
         }
@@ -214,7 +222,7 @@ class Trainer:
         if want_checkpoint:
             rng_states = dist_utils.gather_objects(capture_rng())
             if self.rank == 0:
-                checkpoint_dir = Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
+                checkpoint_dir = self.reporter.checkpoint_target(s.step)
                 save_checkpoint(checkpoint_dir, self.model, self.optimizer, s, rng_states)
             self._last_checkpoint_step = s.step
         if self._reports_made == 0 and self.first_step_time is not None:
@@ -237,6 +245,12 @@ class Trainer:
         (tmp / "rewarm_best.json").write_text(json.dumps({"step": self.state.step, "objective": self.state.best_objective}))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _adamw(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:

@@ -1,4 +1,14 @@
-"""The Ray Train worker entry point: load the model, resume if Ray has a checkpoint, run the loop."""
+"""Where a run's attempt starts, on either of the two ways a trial runs, and what it leaves on disk.
+
+- Multi-worker trials (and `rewarm train`): `train_worker`, the Ray Train worker function
+  (DDP over a worker group); Ray Train persists checkpoints and restores them on a retry.
+- Single-worker runs: `train_in_process`, the same attempt in the calling process (a sweep's
+  Tune trial, or `rewarm train`'s Ray task), with checkpoints written straight into the run dir.
+
+Both load the model, resume from the newest checkpoint that verifies, run the one loop
+(`trainers/loop.py`) and leave the same run dir: curves.jsonl, reports.jsonl,
+attempts.jsonl, placement/ and checkpoint_<time>/ directories.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,6 +31,7 @@ from trainers.loop import Trainer, load_model
 CURVES_FILE = "curves.jsonl"
 REPORTS_FILE = "reports.jsonl"
 ATTEMPTS_FILE = "attempts.jsonl"
+KEEP_CHECKPOINTS = 2  # per run: the latest to resume from, and the one before in case it is corrupt
 
 
 class CurveLog:
@@ -92,11 +104,16 @@ class TailCursor:
     offset: int = 0
 
 
-class RayReporter:
-    """Sends report points to Ray Train (metrics from every rank, checkpoint from rank 0)."""
+class RunReporter:
+    """What every report point leaves behind, whoever carries it to Tune.
+
+    Rank 0 appends the step records and the report point to the run dir (the driver logs
+    MLflow from these files), and one line per attempt to attempts.jsonl. Subclasses say
+    where checkpoints are written and how the report travels.
+    """
 
     def __init__(self, rank: int, run_dir: Path | None, timings: dict[str, float]):
-        self.rank, self.timings = rank, timings
+        self.rank, self.run_dir, self.timings = rank, run_dir, timings
         self.curve_log = CurveLog(run_dir / CURVES_FILE) if run_dir else None
         self.report_log = CurveLog(run_dir / REPORTS_FILE) if run_dir else None
         self._first = True
@@ -106,23 +123,79 @@ class RayReporter:
             self.curve_log.truncate_after(step)
             self.report_log.truncate_after(step)
 
-    def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
-        import ray.train
+    def checkpoint_target(self, step: int) -> Path:
+        raise NotImplementedError
 
+    def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
         if self.rank == 0 and self.curve_log is not None:
             self.curve_log.append(steps)
             # Ray keeps only checkpointed metrics in its Result; the driver reads these.
             self.report_log.append([metrics])
-        if self._first and self.rank == 0 and self.curve_log is not None:
-            # One line per attempt (first start, each retry or resume): overhead breakdown.
-            self.timings["first_step"] = metrics.get("time/first_step")
-            with open(self.curve_log.path.with_name(ATTEMPTS_FILE), "a") as fh:
-                fh.write(json.dumps(self.timings) + "\n")
+            if self._first:
+                # One line per attempt (first start, each retry or resume): overhead breakdown.
+                self.timings["first_step"] = metrics.get("time/first_step")
+                with open(self.curve_log.path.with_name(ATTEMPTS_FILE), "a") as fh:
+                    fh.write(json.dumps(self.timings) + "\n")
         self._first = False
+        self._send(metrics, checkpoint_dir)
+
+    def _send(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        raise NotImplementedError
+
+
+class RayTrainReporter(RunReporter):
+    """Ray Train workers: metrics from every rank, the checkpoint from rank 0 (Ray persists it
+    under the run's storage path and hands it back on a retry or restore)."""
+
+    def checkpoint_target(self, step: int) -> Path:
+        return Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
+
+    def _send(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        import ray.train
+
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir is not None:  # uploaded synchronously; the local copy is spent
             shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+
+
+class InProcessReporter(RunReporter):
+    """A single-worker run trained in the calling process, with no worker group: a sweep's
+    Tune trial (`send` = `tune.report`) or a `rewarm train` Ray task (nothing to send).
+
+    Checkpoints are written straight into the run dir, named as Ray Train names them, and
+    the newest `keep` are kept: the same layout a Ray Train run has, so `pick_checkpoint`,
+    the driver and MLflow see no difference. Tune is not told about them (it would copy each
+    one into its trial dir); a retried or restored trial finds them in the run dir, as a
+    Train run does.
+    """
+
+    def __init__(self, run_dir: Path, timings: dict[str, float], send=None, keep: int = KEEP_CHECKPOINTS):
+        super().__init__(0, run_dir, timings)
+        self.send, self.keep = send, keep
+
+    def checkpoint_target(self, step: int) -> Path:
+        return self.run_dir / checkpoint_dir_name()
+
+    def _send(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            for old in list_checkpoints(self.run_dir)[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.send is not None:
+            self.send(metrics)
+
+
+def checkpoint_dir_name() -> str:
+    """`checkpoint_<local time to the microsecond>`, as Ray Train names them: names sort by age."""
+    now = time.time()
+    return f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run dir's checkpoint directories, oldest first (half-written `.partial` ones left out)."""
+    if not run_dir.exists():
+        return []
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir() and not p.name.endswith(".partial"))
 
 
 PLACEMENT_DIR = "placement"
@@ -162,7 +235,7 @@ def pick_checkpoint(latest: Path | None, run_dir: Path | None, log=print) -> Pat
     candidates = [latest] if latest else []
     if run_dir is not None and run_dir.exists():
         # Ray names checkpoint directories by time, so names sort by age.
-        candidates += sorted((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), reverse=True)
+        candidates += list_checkpoints(run_dir)[::-1]
     errors, seen = [], set()
     for candidate in candidates:
         if candidate.resolve() in seen:
@@ -181,6 +254,22 @@ def pick_checkpoint(latest: Path | None, run_dir: Path | None, log=print) -> Pat
     return None
 
 
+def run_attempt(cfg: TrialConfig, reporter: RunReporter, device: torch.device, latest: Path | None,
+                prepare_model=lambda model: model) -> None:
+    """One attempt of a run on one rank: load the model, resume from the newest good
+    checkpoint if there is one, run the loop. Shared by both ways a trial runs."""
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    record_placement(cfg.run_dir, f"rank{reporter.rank}")
+    model = prepare_model(load_model(cfg, device))
+    reporter.timings["model_loaded"] = time.time()
+    resume_from = pick_checkpoint(latest, cfg.run_dir)
+    trainer = Trainer(cfg, model, device, reporter, resume_from=resume_from)
+    reporter.truncate_after(trainer.state.step)
+    reporter.timings["resumed_from_step"] = float(trainer.state.step)
+    trainer.run()
+
+
 def train_worker(config: dict) -> None:
     """`train_loop_per_worker` of the TorchTrainer: config = {"trial": TrialConfig as JSON}."""
     import ray.train
@@ -188,20 +277,20 @@ def train_worker(config: dict) -> None:
 
     timings = {"worker_start": time.time()}
     cfg = TrialConfig.model_validate(config["trial"])
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    rank = ray.train.get_context().get_world_rank()
-    record_placement(cfg.run_dir, f"rank{rank}")
-    device = ray.train.torch.get_device()
-    model = load_model(cfg, device)
-    model = ray.train.torch.prepare_model(model)
-    timings["model_loaded"] = time.time()
-
-    reporter = RayReporter(rank, cfg.run_dir, timings)
+    reporter = RayTrainReporter(ray.train.get_context().get_world_rank(), cfg.run_dir, timings)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
-        resume_from = pick_checkpoint(Path(ckpt_dir) if ckpt_dir else None, cfg.run_dir)
-        trainer = Trainer(cfg, model, device, reporter, resume_from=resume_from)
-    reporter.truncate_after(trainer.state.step)
-    timings["resumed_from_step"] = float(trainer.state.step)
-    trainer.run()
+        run_attempt(cfg, reporter, ray.train.torch.get_device(), Path(ckpt_dir) if ckpt_dir else None,
+                    prepare_model=ray.train.torch.prepare_model)
+
+
+def train_in_process(cfg: TrialConfig, use_gpu: bool, send=None, keep_checkpoints: int = KEEP_CHECKPOINTS) -> None:
+    """A single-worker run in this process: the same loop, reports and checkpoints as on a
+    one-worker TorchTrainer, without a Train controller and worker group (~10 s per run).
+
+    Called by a sweep's Tune trial (`send=tune.report`) and by `rewarm train`'s Ray task.
+    """
+    timings = {"worker_start": time.time()}
+    # Ray sets CUDA_VISIBLE_DEVICES to the run's own GPU: it is cuda:0 here.
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    run_attempt(cfg, InProcessReporter(cfg.run_dir, timings, send=send, keep=keep_checkpoints), device, latest=None)
