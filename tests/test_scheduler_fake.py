@@ -23,7 +23,7 @@ def _sweep(kinds, grace, tmp_path):
     tuner = tune.Tuner(
         fake_trainable,
         param_space={"kind": tune.grid_search(kinds), "evals": N_EVALS, "tokens_per_eval": EVAL},
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(stop=DivergenceStopper(), verbose=0, storage_path=str(tmp_path)),
     )
     results = tuner.fit()
@@ -71,7 +71,7 @@ def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_
     tuner = tune.Tuner(
         tune.with_parameters(fake_cpt_trainable),
         param_space={"evals": 3, "tokens_per_eval": EVAL},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=8, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=8, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
     )
     results = tuner.fit()

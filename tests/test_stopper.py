@@ -207,7 +207,7 @@ def test_scheduler_on_real_tune_logs_every_decision(local_ray, tmp_path):
         fake_trainable,
         param_space={"kind": tune.grid_search(kinds), "evals": evals, "tokens_per_eval": per_eval,
                      "warmup_tokens": 2 * per_eval},  # bump: -2 until eval 3; warmup 2 + recovery 2 evals
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path / "tune")),
     )
     results = tuner.fit()
