@@ -34,7 +34,7 @@ services:
 	$(call apt_ensure,command -v chromium,chromium)
 
 test: install services
-	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs --durations=10 $(PYTEST_ARGS)
 
 # A single run, then a real sweep on the embedded default (local Ray, ./mlflow.db, the toy world built on
 # first use); each run gets its own sweep name so `make demo` can be repeated.

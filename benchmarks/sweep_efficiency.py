@@ -216,7 +216,8 @@ def main() -> None:
     top_keys = {k for k, c in gt_by_key.items() if g_final(c) >= finals[top_n - 1]}
     grid_tokens = max_tokens * len(gt["configs"])
     overhead = json.loads((RESULTS / "overhead.json").read_text()) if (RESULTS / "overhead.json").exists() else {}
-    trial_start_s = overhead.get("start_overhead_s_median", 0.0) + overhead.get("end_overhead_s_median", 0.0)
+    # The embedded default's trials are single-worker (overhead_bench.py: "rewarm_single_worker").
+    trial_start_s = overhead.get("rewarm_single_worker", {}).get("overhead_s_median", 0.0)
     steps = max_tokens // gt["tokens_per_step"]
     warmup = {k: warmup_steps(ScheduleConfig(kind=c["knobs"]["schedule"], max_lr=c["knobs"]["max_lr"],
                                              warmup_frac=c["knobs"]["warmup_frac"]), steps) * gt["tokens_per_step"]

@@ -87,7 +87,8 @@ def _db_state(uri):
 NEEDS_RAY = {"too-many-workers"}
 
 
-@pytest.mark.parametrize("case,build,fragment", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,build,fragment", [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in NEEDS_RAY else []) for c in CASES])
 def test_bad_input_is_one_line_exit_2(workspace, rewarm_bin, case, build, fragment, monkeypatch, capfd):
     from sweeps.cli import main
 
@@ -111,6 +112,7 @@ def test_bad_input_is_one_line_exit_2(workspace, rewarm_bin, case, build, fragme
     assert _db_state(uri) == before
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_refused_with_exit_2(workspace, rewarm_bin):
     tmp, uri = workspace
     spec = _write(tmp, "ckpt", _spec(tmp))

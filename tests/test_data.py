@@ -1,6 +1,7 @@
 """Loading through HF datasets from local files of every supported kind, packing, splitting."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -47,12 +48,19 @@ def test_bad_sources_name_the_cause(files, source, message):
         load_texts(source(files))
 
 
-def test_hub_loading_reports_the_cause_offline(monkeypatch):
-    # The hub path is real code; with no network here it must fail with a readable cause.
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="cannot load from the hub"):
-        load_texts(DataSource(path="rewarm-test/no-such-dataset"))
+def test_hub_loading_reports_the_cause_offline():
+    # The hub path is real code; with no network here it must fail with a readable cause. In a
+    # fresh process: `datasets` and `huggingface_hub` read the offline switches when imported
+    # (set later, in this process, they would first retry the network for ~20 s).
+    import subprocess
+    import sys
+
+    code = ("from trainers.data import DataSource, DataError, load_texts\n"
+            "try:\n    load_texts(DataSource(path='rewarm-test/no-such-dataset'))\n"
+            "except DataError as exc:\n    print('DataError:', exc)\n")
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "DataError:" in proc.stdout and "cannot load from the hub" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 def test_pack_drops_ragged_tail():

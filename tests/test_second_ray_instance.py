@@ -36,7 +36,8 @@ def test_sweep_beside_another_ray_instance_frees_stopped_trials(other_ray_instan
         tmp_path, name="beside",
         search_space={"name": "default", "params": {"max_lr": [3e-3, 60.0], "warmup_frac": 0.0,
                                                       "replay_ratio": 0.05, "schedule": "cosine"}},
-        budget={"num_trials": 4, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
+        # The seeded sampler proposes 60 first, then 3e-3: a stopped trial, then one that needs every CPU.
+        budget={"num_trials": 2, "max_concurrent": 1, "tokens_per_trial": 512 * 24},
         resources={"workers_per_trial": 2, "cpus_per_worker": cpus / 2},  # a trial takes every CPU
         tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "beside"},
     )
@@ -55,7 +56,7 @@ def test_sweep_beside_another_ray_instance_frees_stopped_trials(other_ray_instan
     assert "multiple active Ray instances" not in out
     ended = [line for line in out.splitlines() if line.startswith("[rewarm] trial ") and " at " in line]
     statuses = [line.split()[3] for line in ended]
-    assert len(statuses) == 4, ended
+    assert len(statuses) == 2, ended
     assert "diverged" in statuses, "precondition: the seeded sampler proposes the diverging learning rate"
     first_stop = statuses.index("diverged")
     # A trial needing every CPU started, and finished, after a trial was stopped.

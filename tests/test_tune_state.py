@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -24,6 +26,7 @@ def test_saves_wait_for_the_upload_in_flight():
     assert result["stray_tmp_files"] == []
 
 
+@pytest.mark.slow
 def test_unpatched_tune_races_its_own_upload():
     # A race: it shows in most runs of 300 saves on this machine (2 to 97 failed uploads
     # per run measured), so up to three runs are given to show it.
