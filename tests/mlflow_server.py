@@ -47,6 +47,16 @@ class MlflowServer:
             time.sleep(0.5)
         raise RuntimeError("mlflow server did not become healthy")
 
+    def kill(self) -> None:
+        """Down at once, as a crashed server is (a graceful stop can take seconds to drain)."""
+        if self.proc and self.proc.poll() is None:
+            import os
+            import signal
+
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             import os

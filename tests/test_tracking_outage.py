@@ -12,8 +12,12 @@ from tests.conftest import small_spec
 from tests.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-STEPS = 48
-TRIALS = {1: 2, 2: 1}  # per kind of trial: in-process, or a Ray Train worker group
+# Per kind of trial (in-process, or a Ray Train worker group): enough training after the
+# first logged point that steps are trained during the outage. A Ray Train trial starts in
+# ~20 s, so its second trial would start training only after the outage: its only trial
+# trains long enough instead.
+TRIALS = {1: 2, 2: 1}
+STEPS = {1: 96, 2: 160}
 
 
 def _trial_runs(uri):
@@ -26,7 +30,7 @@ def _trial_runs(uri):
 def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, private_ray, workers):
     server = MlflowServer(tmp_path).start()
     spec = small_spec(tmp_path, name="outage", search_space={"name": "default", "params": {}},
-                      budget={"num_trials": TRIALS[workers], "max_concurrent": 1, "tokens_per_trial": 512 * STEPS},
+                      budget={"num_trials": TRIALS[workers], "max_concurrent": 1, "tokens_per_trial": 512 * STEPS[workers]},
                       resources={"workers_per_trial": workers, "cpus_per_worker": 1},
                       scheduler={"kind": "none"},
                       # Every report point goes to MLflow at once, so the outage starts mid-trial and
@@ -47,7 +51,7 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
             time.sleep(0.2)
         else:
             pytest.fail("first trial did not start logging")
-        server.stop()  # down while trials train
+        server.kill()  # down while trials train
         down_since = time.time()
         time.sleep(8)
         assert proc.poll() is None  # the sweep rides out the outage
@@ -64,7 +68,7 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
         for r in runs:
             assert r.info.status == "FINISHED" and r.data.tags["rewarm.status"] == "completed"
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train/loss"))
-            assert steps == list(range(1, STEPS + 1))  # buffered points written once, none lost
+            assert steps == list(range(1, STEPS[workers] + 1))  # buffered points written once, none lost
         logged_late = [m for r in runs for m in client.get_metric_history(r.info.run_id, "train/loss")
                        if m.timestamp / 1000 > down_since]
         assert logged_late  # some points were trained during the outage and logged after it
