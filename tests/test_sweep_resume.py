@@ -34,11 +34,19 @@ def _last_status(trial_dir):
     return json.loads(lines[-1])["status"] if lines else None
 
 
+def _steps_done(trial_dir) -> int:
+    curves = trial_dir / "curves.jsonl"
+    return len(curves.read_text().splitlines()) if curves.exists() else 0
+
+
 def _mid_trial(trials_dir, after_an_ended_trial: bool) -> bool:
-    """A trial is between its first checkpoint and its end (and, if asked, another has ended)."""
+    """A trial is past its first checkpoint and in the first half of its steps (and, if asked,
+    another has ended). Not near its end: a driver killed in the instant Tune suggests the
+    next trial loses that trial (README, Reliability: a known gap), which this test is not about."""
     dirs = [d for d in trials_dir.iterdir() if d.is_dir()] if trials_dir.exists() else []
     ended = [d for d in dirs if _last_status(d) == "completed"]
-    running = [d for d in dirs if _last_status(d) == "running" and any(d.glob("checkpoint_*"))]
+    running = [d for d in dirs if _last_status(d) == "running" and any(d.glob("checkpoint_*"))
+               and _steps_done(d) <= STEPS // 2]
     return (bool(ended) or not after_an_ended_trial) and bool(running)
 
 
