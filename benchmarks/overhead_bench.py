@@ -46,7 +46,9 @@ class _TuneOnly:
     """The loop's reports go to Tune and nowhere else; checkpoints are written, then dropped."""
 
     def checkpoint_target(self, step: int) -> Path:
-        return Path(tempfile.mkdtemp(prefix="floor-ckpt-")) / "checkpoint"
+        from trainers.checkpoint import scratch_checkpoint_dir
+
+        return scratch_checkpoint_dir()
 
     def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:
         import shutil

@@ -74,15 +74,14 @@ class SweepCallback(Callback):
     # ------------------------------------------------------------------ Tune hooks
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.timings.setdefault(trial.trial_id, {"start": time.time(), "results": [], "log_s": 0.0})
+        self._trial_timings(trial.trial_id, start=time.time())
         self._knobs[trial.trial_id] = {k: trial.config[k] for k in KNOBS if k in trial.config}
         self._sync(trial.trial_id)
         self.log(f"[rewarm] trial {trial.trial_id} started: {format_knobs(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         seen = time.time()
-        t = self.timings.setdefault(trial.trial_id, {"start": seen, "results": [], "log_s": 0.0})
-        t["results"].append({"step": result.get("step"), "reported": result.get("time/report"), "seen": seen})
+        self._trial_timings(trial.trial_id, start=seen)["results"].append({"step": result.get("step"), "reported": result.get("time/report"), "seen": seen})
         if result.get("checkpoint_path"):
             self._checkpoints[trial.trial_id] = result["checkpoint_path"]
         if seen - self._last_sync.get(trial.trial_id, 0.0) >= self.log_interval_s:
@@ -155,9 +154,16 @@ class SweepCallback(Callback):
             self._last_sync[trial_id] = time.time()
             self._count_logging(trial_id, self._last_sync[trial_id] - started)
 
+    def _trial_timings(self, trial_id: str, start: float | None = None) -> dict:
+        """A trial's driver-side timestamps (overhead benchmark): start, results, log_s, end."""
+        entry = self.timings.setdefault(trial_id, {"results": [], "log_s": 0.0})
+        if start is not None:
+            entry.setdefault("start", start)
+        return entry
+
     def _count_logging(self, trial_id: str, seconds: float) -> None:
         """Time this driver spent in MLflow for a trial (the overhead benchmark's logging share)."""
-        self.timings.setdefault(trial_id, {"results": [], "log_s": 0.0})["log_s"] += seconds
+        self._trial_timings(trial_id)["log_s"] += seconds
 
     def _sync_now(self, trial_id: str) -> bool:
         try:
@@ -181,7 +187,7 @@ class SweepCallback(Callback):
         return True
 
     def _finish(self, trial, status: str, trials, final: dict) -> None:
-        self.timings.setdefault(trial.trial_id, {"results": [], "log_s": 0.0})["end"] = time.time()
+        self._trial_timings(trial.trial_id)["end"] = time.time()
         self._knobs.setdefault(trial.trial_id, {k: trial.config[k] for k in KNOBS if k in trial.config})
         artifacts = {}
         on_disk = sorted(p for p in (self.trials_root / trial.trial_id).glob("checkpoint_*") if p.is_dir())

@@ -50,18 +50,21 @@ def train_torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: st
     from trainers.worker import KEEP_CHECKPOINTS, train_worker
 
     res = spec.resources
-    per_worker = {"CPU": res.cpus_per_worker}
-    if res.gpus_per_worker:
-        per_worker["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config={"trial": trial},
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
-                                     resources_per_worker=per_worker),
+                                     resources_per_worker=worker_resources(spec)),
         run_config=RunConfig(name=run_name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=res.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
+
+
+def worker_resources(spec: SweepSpec) -> dict[str, float]:
+    """What one worker holds, as Ray spells resources: {"CPU": n} plus {"GPU": m} with GPUs."""
+    res = spec.resources
+    return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
 
 
 def in_process(spec: SweepSpec) -> bool:

@@ -1,4 +1,4 @@
-"""`rewarm sweep` / `rewarm resume`: Ray Tune + Optuna over the knobs, each trial on Ray Train.
+"""`rewarm sweep` / `rewarm resume`: Ray Tune + Optuna over the knobs, each trial in its own process or on Ray Train.
 
 Wiring (Ray 2.60, Train V2; DESIGN.md): the Tune trainable is a function. For a trial of one
 worker it runs the training loop itself, holding that worker's CPUs/GPUs (no Train worker
@@ -26,7 +26,7 @@ from search_spaces.params import Choice, Fixed, LogUniform, Uniform, bounds
 from sweeps.resolve import ResolvedSweep, resolve, trial_config
 from sweeps.spec import SpecError, SweepSpec, validate_spec
 from sweeps.tracking import Tracker, check_reachable
-from sweeps.train_run import in_process
+from sweeps.train_run import in_process, worker_resources
 
 TRIAL_SLOT = "rewarm_trial_slot"
 SPEC_FILE = "spec.yaml"
@@ -79,10 +79,7 @@ def run_trial(config: dict, resolved: ResolvedSweep, sweep_dir: str) -> None:
 def trial_resources(spec: SweepSpec) -> dict:
     """What one Tune trial asks Ray for. In-process trials hold their worker's CPUs and GPUs
     themselves; a Ray Train trial's driver holds only a trial slot (its workers hold the rest)."""
-    res = spec.resources
-    if in_process(spec):
-        return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    return {TRIAL_SLOT: 1}
+    return worker_resources(spec) if in_process(spec) else {TRIAL_SLOT: 1}
 
 
 # ---------------------------------------------------------------------- search and scheduling

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,11 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_pe
         shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def scratch_checkpoint_dir() -> Path:
+    """A fresh temp location for a checkpoint that is handed on (to Ray Train) or dropped."""
+    return Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
 
 
 def verify_checkpoint(directory: Path) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from trainers.checkpoint import scratch_checkpoint_dir
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 
@@ -24,7 +24,7 @@ class CollectingReporter:
 
     def checkpoint_target(self, step: int) -> Path:
         if self.checkpoint_root is None:  # written, then dropped: the caller keeps no checkpoints
-            return Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
+            return scratch_checkpoint_dir()
         return self.checkpoint_root / f"step_{step:08d}"
 
     def report(self, metrics: dict, steps: list[dict], checkpoint_dir: Path | None) -> None:

@@ -1,6 +1,6 @@
 """Where a run's attempt starts, on either of the two ways a trial runs, and what it leaves on disk.
 
-- Multi-worker trials (and `rewarm train`): `train_worker`, the Ray Train worker function
+- Multi-worker runs (sweep trials and `rewarm train`): `train_worker`, the Ray Train worker function
   (DDP over a worker group); Ray Train persists checkpoints and restores them on a retry.
 - Single-worker runs: `train_in_process`, the same attempt in the calling process (a sweep's
   Tune trial, or `rewarm train`'s Ray task), with checkpoints written straight into the run dir.
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.checkpoint import CheckpointError, verify_checkpoint
+from trainers.checkpoint import CheckpointError, scratch_checkpoint_dir, verify_checkpoint
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 
@@ -148,7 +147,7 @@ class RayTrainReporter(RunReporter):
     under the run's storage path and hands it back on a retry or restore)."""
 
     def checkpoint_target(self, step: int) -> Path:
-        return Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
+        return scratch_checkpoint_dir()
 
     def _send(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         import ray.train
@@ -284,7 +283,7 @@ def train_worker(config: dict) -> None:
                     prepare_model=ray.train.torch.prepare_model)
 
 
-def train_in_process(cfg: TrialConfig, use_gpu: bool, send=None, keep_checkpoints: int = KEEP_CHECKPOINTS) -> None:
+def train_in_process(cfg: TrialConfig, use_gpu: bool, send=None) -> None:
     """A single-worker run in this process: the same loop, reports and checkpoints as on a
     one-worker TorchTrainer, without a Train controller and worker group (~10 s per run).
 
@@ -293,4 +292,4 @@ def train_in_process(cfg: TrialConfig, use_gpu: bool, send=None, keep_checkpoint
     timings = {"worker_start": time.time()}
     # Ray sets CUDA_VISIBLE_DEVICES to the run's own GPU: it is cuda:0 here.
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
-    run_attempt(cfg, InProcessReporter(cfg.run_dir, timings, send=send, keep=keep_checkpoints), device, latest=None)
+    run_attempt(cfg, InProcessReporter(cfg.run_dir, timings, send=send), device, latest=None)
