@@ -32,7 +32,7 @@ GOALS = {"overhead_s_per_trial": 5.0, "report_latency_s_median": 0.2, "mlflow_sh
 
 
 def _demo_spec(tmp: str, name: str, overrides: list[str]):
-    from sweeps.spec import load_spec
+    from sweeps.config.loading import load_spec
 
     return load_spec(REPO / "sweeps" / "specs" / "demo.yaml", [
         f"name={name}", "budget.max_concurrent=1", "scheduler.kind=none",
@@ -75,7 +75,7 @@ def floor_trial(config: dict, trial_json: str) -> None:
 def run_floor(spec, resolved) -> list[dict]:
     from ray import tune
 
-    from sweeps.resolve import trial_config
+    from sweeps.config.resolve import trial_config
 
     knobs = {"warmup_frac": 0.01, "max_lr": 3e-3, "replay_ratio": 0.05, "schedule": "cosine"}
     trial_json = trial_config(resolved, knobs).model_dump_json()
@@ -113,8 +113,8 @@ def run_floor(spec, resolved) -> list[dict]:
 
 
 def run_rewarm(spec) -> list[dict]:
-    from sweeps.tune_driver import run_sweep
-    from trainers.worker import ATTEMPTS_FILE, CURVES_FILE, CurveLog
+    from sweeps.execution.driver import run_sweep
+    from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, CurveLog
 
     outcome = run_sweep(spec, log=lambda *_: None)
     driver = json.loads((outcome.sweep_dir / "driver_timings.json").read_text())
@@ -158,8 +158,8 @@ def summarize(per_trial: list[dict]) -> dict:
 
 
 def run() -> dict:
-    from sweeps.ray_cluster import init_ray
-    from sweeps.resolve import resolve
+    from sweeps.execution.cluster import init_ray
+    from sweeps.config.resolve import resolve
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryDirectory() as tmp:

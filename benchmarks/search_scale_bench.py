@@ -39,8 +39,8 @@ def synthetic_curve(rng: random.Random) -> list[float]:
 
 
 def time_searcher() -> dict:
-    from sweeps.spec import load_spec
-    from sweeps.tune_driver import make_searcher
+    from sweeps.config.loading import load_spec
+    from sweeps.execution.search import make_searcher
 
     spec = load_spec(REPO / "sweeps" / "specs" / "demo.yaml", [f"budget.num_trials={HISTORY}"])
     searcher = make_searcher(spec, spec.knob_params())
@@ -86,7 +86,8 @@ def time_scheduler(make) -> dict:
 def main() -> None:
     from ray.tune.schedulers import ASHAScheduler
 
-    from sweeps.stopper import ScheduleAwareScheduler, StopRuleConfig
+    from sweeps.decisions.stop_rule import StopRuleConfig
+    from sweeps.execution.schedulers import ScheduleAwareScheduler
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = StopRuleConfig(max_tokens=MAX_TOKENS, recovery_tokens=MAX_TOKENS // 10, min_grace_tokens=16384)

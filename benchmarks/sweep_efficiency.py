@@ -71,8 +71,9 @@ def strategies(spec, gt: dict) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from search_spaces.params import Choice
-    from sweeps.stopper import ScheduleAwareScheduler
-    from sweeps.tune_driver import make_scheduler, make_searcher, stop_rule_config
+    from sweeps.execution.schedulers import ScheduleAwareScheduler
+    from sweeps.execution.schedulers import make_scheduler, stop_rule_config
+    from sweeps.execution.search import make_searcher
 
     axes = _axes(gt)
     reports = len(gt["configs"][0]["curve"])
@@ -201,7 +202,7 @@ def main() -> None:
 
     import ray
 
-    from sweeps.spec import load_spec
+    from sweeps.config.loading import load_spec
     from trainers.schedules import ScheduleConfig, warmup_steps
 
     t_start = time.time()

@@ -68,8 +68,8 @@ def _train_one(args) -> dict:
     spec_path, knobs = args
     import torch
 
-    from sweeps.resolve import resolve, trial_config
-    from sweeps.spec import load_spec
+    from sweeps.config.resolve import resolve, trial_config
+    from sweeps.config.loading import load_spec
     from trainers.local import run_in_process
 
     torch.set_num_threads(1)
@@ -96,8 +96,8 @@ def _train_one(args) -> dict:
 
 
 def build(spec_path: Path = SPEC, processes: int = 2, log=print) -> dict:
-    from sweeps.resolve import resolve
-    from sweeps.spec import load_spec
+    from sweeps.config.resolve import resolve
+    from sweeps.config.loading import load_spec
 
     spec = load_spec(spec_path)
     resolve(spec, log=log)  # build the toy world, data and base reference once, before forking
@@ -116,7 +116,7 @@ def build(spec_path: Path = SPEC, processes: int = 2, log=print) -> dict:
 
 
 def load_or_build(spec_path: Path = SPEC, cache: Path = CACHE, log=print) -> dict:
-    from sweeps.spec import load_spec
+    from sweeps.config.loading import load_spec
 
     want = fingerprint(load_spec(spec_path))
     if cache.exists():

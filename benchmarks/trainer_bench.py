@@ -31,7 +31,7 @@ STEPS, WARM, ROUNDS = 100, 10, 7
 
 
 def _spec():
-    from sweeps.spec import load_spec
+    from sweeps.config.loading import load_spec
 
     return load_spec(REPO / "sweeps" / "specs" / "smoke.yaml",
                      [f"budget.tokens_per_trial={STEPS * 16 * 128}"])
@@ -74,7 +74,7 @@ def rewarm_loop(cfg, device) -> float:
 
 
 def throughput() -> dict:
-    from sweeps.resolve import resolve, trial_config
+    from sweeps.config.resolve import resolve, trial_config
 
     spec = _spec()
     resolved = resolve(spec)

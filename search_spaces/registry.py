@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from search_spaces.knobs import KNOBS, Knob
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform, bounds, scale
-
-KNOBS = ("warmup_frac", "max_lr", "replay_ratio", "schedule")
-SCHEDULES = ("cosine", "constant", "infinite", "wsd")
+from trainers.schedules import SCHEDULES
 PAPER_REFERENCE_LR = 3e-4  # Pythia-410M's pre-training max LR, the papers' reference
 
 
@@ -30,7 +29,7 @@ class SearchSpace:
         """Concrete params for a model: scale LRs, then apply the spec's overrides (absolute)."""
         params = dict(self.params)
         if self.lr_is_relative:
-            params["max_lr"] = scale(params["max_lr"], model_pretrain_lr / PAPER_REFERENCE_LR)
+            params[Knob.MAX_LR] = scale(params[Knob.MAX_LR], model_pretrain_lr / PAPER_REFERENCE_LR)
         params.update(overrides or {})
         validate_params(params)
         return params
@@ -44,14 +43,14 @@ def validate_params(params: dict) -> None:
     unknown = [k for k in params if k not in KNOBS]
     if unknown:
         raise ValueError(f"unknown knob(s) {unknown}; knobs are {list(KNOBS)}")
-    for knob, lo_ok, hi_ok in (("warmup_frac", 0.0, 1.0), ("replay_ratio", 0.0, 1.0)):
+    for knob, lo_ok, hi_ok in ((Knob.WARMUP_FRAC, 0.0, 1.0), (Knob.REPLAY_RATIO, 0.0, 1.0)):
         b = bounds(params[knob])
         if b is None or b[0] < lo_ok or b[1] > hi_ok:
             raise ValueError(f"{knob}: must lie in [0, 1], got {params[knob].describe()}")
-    b = bounds(params["max_lr"])
+    b = bounds(params[Knob.MAX_LR])
     if b is None or b[0] <= 0:
-        raise ValueError(f"max_lr: must be > 0, got {params['max_lr'].describe()}")
-    sched = params["schedule"]
+        raise ValueError(f"max_lr: must be > 0, got {params[Knob.MAX_LR].describe()}")
+    sched = params[Knob.SCHEDULE]
     names = [sched.value] if isinstance(sched, Fixed) else getattr(sched, "values", None)
     if not names or any(n not in SCHEDULES for n in names):
         raise ValueError(f"schedule: must be one of {list(SCHEDULES)} (fixed or a choice), got {sched.describe()}")

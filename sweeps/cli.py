@@ -1,8 +1,9 @@
 """The `rewarm` command line.
 
-User errors (bad spec, missing data, unusable storage, corrupt checkpoint, a run that
-diverged) print one line `rewarm: error: ...` and exit non-zero without a traceback:
-2 for bad input, 3 for a run that diverged or failed. Set REWARM_DEBUG=1 for tracebacks.
+User errors (every `trainers.errors.UserError`: bad spec, missing data, unusable storage,
+corrupt checkpoint, unreachable tracking server...) print one line `rewarm: error: ...` and
+exit 2 without a traceback; a run that diverged or failed exits 3. `_classify` is the one
+place that maps errors to exit codes. Set REWARM_DEBUG=1 for tracebacks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from sweeps.config.layout import DEFAULT_STORAGE_PATH
+from sweeps.settings import apply_process_settings
+from trainers.errors import UserError
+from trainers.run_dir import CURVES_FILE
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 3
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue an interrupted sweep (searcher history, trials and MLflow runs kept)")
     p.add_argument("sweep", help="sweep name (under --storage-path) or its directory")
-    p.add_argument("--storage-path", default="rewarm_runs", help="where the sweep was stored (default: rewarm_runs)")
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE_PATH, help=f"where the sweep was stored (default: {DEFAULT_STORAGE_PATH})")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
 
     p = sub.add_parser("best", help="rank a sweep's configs from MLflow (no Ray needed)")
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    apply_process_settings()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -90,21 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _classify(exc: Exception) -> tuple[int | None, str]:
-    from sweeps.resolve import ResolveError
-    from sweeps.spec import SpecError
-    from sweeps.train_run import RunFailed
-    from trainers.checkpoint import CheckpointError
-    from sweeps.best import SweepNotFound
-    from sweeps.tracking import TrackingError
-    from trainers.data import DataError
-    from sweeps.report import ReportError
-    from trainers.tasks import TaskError
+    """The exit code and one-line message of an error, or (None, ...) for a bug (traceback)."""
+    from sweeps.execution.single_run import RunFailed
 
-    if isinstance(exc, (SpecError, ResolveError, DataError, CheckpointError, TrackingError, SweepNotFound,
-                        SpecErrorLike, ReportError, TaskError)):
+    if isinstance(exc, UserError):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, RunFailed):
-        return (EXIT_USAGE if exc.user_error else EXIT_RUN_FAILED), str(exc)
+        return EXIT_RUN_FAILED, str(exc)
     mlflow_error = _mlflow_error(exc)
     if mlflow_error:
         return EXIT_USAGE, mlflow_error
@@ -129,14 +127,8 @@ def _mlflow_error(exc: Exception) -> str | None:
     return f"MLflow: {text[:300]}"
 
 
-def _default_uri(explicit: str | None) -> str:
-    from pathlib import Path
-
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
 def _dispatch(args) -> int:
-    from sweeps.spec import load_spec
+    from sweeps.config.loading import load_spec
 
     if args.command == "best":
         return _best(args)
@@ -147,7 +139,7 @@ def _dispatch(args) -> int:
     if args.command == "ui":
         return _ui(args)
     if args.command == "resume":
-        from sweeps.tune_driver import load_sweep_spec
+        from sweeps.config.loading import load_sweep_spec
 
         return _sweep(load_sweep_spec(args.sweep, args.storage_path), args, resume=True)
     spec = load_spec(args.spec, args.overrides)
@@ -165,13 +157,13 @@ def _dispatch(args) -> int:
 
 
 def _train(spec, args) -> int:
-    from sweeps.train_run import RunFailed, run_single
+    from sweeps.execution.single_run import RunFailed, run_single
 
     outcome = run_single(spec, run_name=args.run_name, stop_after_step=args.stop_after_steps, address=args.address)
     m = outcome.metrics
-    if outcome.status == "diverged":
+    if outcome.diverged:
         raise RunFailed(f"run diverged at step {m.get('step')} (loss {m.get('loss')}); "
-                        f"lower max_lr or lengthen warmup_frac. Curve: {outcome.run_dir / 'curves.jsonl'}")
+                        f"lower max_lr or lengthen warmup_frac. Curve: {outcome.run_dir / CURVES_FILE}")
     line = f"[rewarm] {outcome.status} at step {m.get('step')} ({m.get('tokens')} tokens)"
     if "objective" in m:
         line += (f": L_up={m['L_up']:.4f} L_down={m['L_down']:.4f} gain={m['gain']:+.4f} "
@@ -182,16 +174,16 @@ def _train(spec, args) -> int:
 
 
 def _sweep(spec, args, resume: bool) -> int:
-    from sweeps.best import rank, render
-    from sweeps.tune_driver import run_sweep
+    from sweeps.execution.driver import run_sweep
+    from sweeps.results.best import rank, render
+    from sweeps.tracking.statuses import TrialStatus
 
     outcome = run_sweep(spec, address=args.address, resume=resume)
     trials = [{"trial_id": t["trial_id"], "status": t["status"], **t["knobs"], **t["metrics"]} for t in outcome.trials]
+    count = {s: sum(t["status"] == s for t in trials) for s in TrialStatus}
     print(f"[rewarm] sweep {spec.name} done: {len(trials)} trials "
-          f"({sum(t['status'] == 'completed' for t in trials)} completed, "
-          f"{sum(t['status'] == 'early_stopped' for t in trials)} stopped early, "
-          f"{sum(t['status'] == 'diverged' for t in trials)} diverged, "
-          f"{sum(t['status'] == 'failed' for t in trials)} failed)")
+          f"({count[TrialStatus.COMPLETED]} completed, {count[TrialStatus.EARLY_STOPPED]} stopped early, "
+          f"{count[TrialStatus.DIVERGED]} diverged, {count[TrialStatus.FAILED]} failed)")
     print(render(rank(trials, top=5), "table"))
     print(f"[rewarm] MLflow: parent run {outcome.parent_run_id} in experiment {spec.tracking.experiment!r} at "
           f"{spec.tracking_uri()}")
@@ -202,25 +194,27 @@ def _sweep(spec, args, resume: bool) -> int:
 def _best(args) -> int:
     from pathlib import Path
 
-    from sweeps.best import export_spec, load_sweep, open_client, rank, render
+    from sweeps.results.best import export_spec, rank, render
+    from sweeps.tracking.records import load_sweep
+    from sweeps.tracking.store import default_tracking_uri, open_client
 
-    client = open_client(_default_uri(args.tracking_uri))
+    client = open_client(default_tracking_uri(args.tracking_uri))
     parent, trials = load_sweep(client, args.sweep, args.experiment)
     rows = rank(trials, top=args.top, max_forgetting=args.max_forgetting, pareto=args.pareto)
     print(render(rows, args.format))
     if args.export:
         if not rows:
-            raise SpecErrorLike("nothing to export: no trial passes the filters")
+            raise NothingToExport("nothing to export: no trial passes the filters")
         export_spec(client, parent, rows[0], Path(args.export))
         print(f"[rewarm] wrote {args.export}: rerun with `rewarm train {args.export}`", file=sys.stderr)
     return 0
 
 
 def _analyze(args) -> int:
-    from sweeps.analyze import analyze_sweep, render_table, to_json
-    from sweeps.best import open_client
+    from sweeps.results.analyze import analyze_sweep, render_table, to_json
+    from sweeps.tracking.store import default_tracking_uri, open_client
 
-    result = analyze_sweep(open_client(_default_uri(args.tracking_uri)), args.sweep, args.experiment)
+    result = analyze_sweep(open_client(default_tracking_uri(args.tracking_uri)), args.sweep, args.experiment)
     print(to_json(result) if args.format == "json" else render_table(result["rows"]))
     return 0
 
@@ -228,10 +222,10 @@ def _analyze(args) -> int:
 def _report(args) -> int:
     from pathlib import Path
 
-    from sweeps.best import open_client
-    from sweeps.report import write_report
+    from sweeps.results.report import write_report
+    from sweeps.tracking.store import default_tracking_uri, open_client
 
-    page = write_report(open_client(_default_uri(args.tracking_uri)), args.sweep, Path(args.out), args.experiment)
+    page = write_report(open_client(default_tracking_uri(args.tracking_uri)), args.sweep, Path(args.out), args.experiment)
     print(f"[rewarm] report: {page.resolve()}")
     return 0
 
@@ -240,12 +234,12 @@ def _ui(args) -> int:
     import shlex
     from pathlib import Path
 
-    uri = _default_uri(args.tracking_uri)
+    from sweeps.tracking.store import default_artifact_location, default_tracking_uri
+
+    uri = default_tracking_uri(args.tracking_uri)
     cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
     if uri.startswith("sqlite:///"):
-        from sweeps.tracking import default_artifact_location
-
         cmd += ["--default-artifact-root", default_artifact_location(uri)]
     if not args.run:
         print(shlex.join(cmd))
@@ -254,8 +248,8 @@ def _ui(args) -> int:
     return 0
 
 
-class SpecErrorLike(ValueError):
-    """A user error found outside spec loading (reported like a spec error)."""
+class NothingToExport(UserError):
+    """`rewarm best --export` with no trial that passes the filters."""
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def local_ray():
     start it in a subprocess instead (`private_ray`, tests/ray_cluster.py)."""
     import ray
 
-    from sweeps.ray_cluster import init_ray
+    from sweeps.execution.cluster import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray()
@@ -89,7 +89,7 @@ def small_spec(tmp_path=None, **sections):
     deep, except `search_space.params`, which is replaced (so `{}` frees every knob)."""
     import copy
 
-    from sweeps.spec import validate_spec
+    from sweeps.config.loading import validate_spec
 
     raw = copy.deepcopy(SMALL_RUN)
     for key, value in sections.items():
@@ -109,7 +109,7 @@ def small_spec(tmp_path=None, **sections):
 
 @pytest.fixture(scope="session")
 def resolved_small(toy_world):
-    from sweeps.resolve import resolve
+    from sweeps.config.resolve import resolve
 
     return resolve(small_spec())
 

@@ -39,8 +39,8 @@ class LocalRayCluster:
 
     def env(self, base: dict | None = None) -> dict:
         # Rewarm's Ray settings are left out, as on a real cluster whose nodes never imported
-        # rewarm: the sweep must bring them itself (sweeps/ray_cluster.py).
-        from sweeps.ray_cluster import RAY_ENV_DEFAULTS
+        # rewarm: the sweep must bring them itself (sweeps/settings.py).
+        from sweeps.settings import PROCESS_SETTINGS as RAY_ENV_DEFAULTS
 
         # RAY_API_SERVER_ADDRESS names the API server of the last cluster init_ray started in
         # this process; Ray's clients would prefer it to any --address.

@@ -3,7 +3,7 @@
 import json
 
 from benchmarks.sweep_ground_truth import CACHE, SPEC, fingerprint, grid_configs
-from sweeps.spec import load_spec
+from sweeps.config.loading import load_spec
 
 
 def test_committed_ground_truth_matches_the_benchmark_spec():

@@ -1,6 +1,6 @@
 """The sweep driver reads each trial's curve files incrementally (CurveLog.read_new)."""
 
-from trainers.worker import CurveLog, TailCursor
+from trainers.run_dir import CurveLog, TailCursor
 
 
 def rec(step):

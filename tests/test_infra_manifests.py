@@ -234,7 +234,7 @@ def test_ray_cluster_shape(label, spec, job, path):
 def test_shared_storage_and_cluster_env_in_every_pod(label, spec, job, path):
     """Driver (head) and Train workers must see the same files at the same path."""
     train_env = _ray_train_env_defaults()
-    assert train_env, "sweeps/ray_cluster.py sets no RAY_TRAIN_* default (test out of date?)"
+    assert train_env, "sweeps/settings.py sets no RAY_TRAIN_* default (test out of date?)"
     rwx = _rwx_claims()
     for group in _groups(spec):
         for c in _containers(group):
@@ -277,8 +277,8 @@ def test_dashboard_is_loopback_or_closed(label, spec, job, path):
 
 
 def test_rayjob_entrypoint_is_a_valid_sweep_that_fits_its_cluster():
-    from sweeps.spec import load_spec
-    from sweeps.train_run import check_cluster_fits
+    from sweeps.config.loading import load_spec
+    from sweeps.execution.preflight import check_cluster_fits
 
     jobs = _k8s("RayJob")
     assert jobs
@@ -304,8 +304,8 @@ def test_rayjob_entrypoint_is_a_valid_sweep_that_fits_its_cluster():
 
 def test_the_jobs_sweep_also_fits_the_other_clusters():
     """raycluster.yaml and aws.yaml are meant for the same sweeps as the RayJob."""
-    from sweeps.spec import load_spec
-    from sweeps.train_run import check_cluster_fits
+    from sweeps.config.loading import load_spec
+    from sweeps.execution.preflight import check_cluster_fits
 
     (_, job), = _k8s("RayJob")
     args = _rayjob_command(job)
@@ -574,10 +574,10 @@ def test_every_ray_start_binds_the_dashboard_to_loopback(path):
 
 
 def _ray_train_env_defaults() -> dict[str, str]:
-    """The RAY_TRAIN_* settings of sweeps/ray_cluster.py. `rewarm` also sends them with its
+    """The RAY_TRAIN_* settings of sweeps/settings.py. `rewarm` also sends them with its
     job's runtime_env; the manifests set them in every pod as well, so that Ray processes
     outside any sweep job (and older clients) run with them too."""
-    from sweeps.ray_cluster import RAY_ENV_DEFAULTS
+    from sweeps.settings import PROCESS_SETTINGS as RAY_ENV_DEFAULTS
 
     return {k: v for k, v in RAY_ENV_DEFAULTS.items() if k.startswith("RAY_TRAIN_")}
 
@@ -718,7 +718,7 @@ def _readme_commands() -> list[list[str]]:
 
 
 def test_readme_rewarm_commands_parse_and_their_specs_validate():
-    from sweeps.spec import load_spec
+    from sweeps.config.loading import load_spec
 
     commands = _readme_commands()
     assert len(commands) >= 6, f"expected the README's rewarm commands, found {len(commands)}"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sweeps.loss_perspective import (bootstrap_threshold, loss_predicts_metric, monotone_fit, predict_monotone,
+from sweeps.results.loss_perspective import (bootstrap_threshold, loss_predicts_metric, monotone_fit, predict_monotone,
                                      spearman, threshold_fit)
 
 

@@ -1,4 +1,4 @@
-"""Rewarm's Ray settings travel to a cluster with the sweep's job (sweeps/ray_cluster.py).
+"""Rewarm's Ray settings travel to a cluster with the sweep's job (sweeps/settings.py).
 
 tests/test_multinode.py checks that they arrive in Train workers on a real two-node cluster;
 these check which settings are sent.
@@ -6,7 +6,7 @@ these check which settings are sent.
 
 import json
 
-from sweeps.ray_cluster import RAY_ENV_DEFAULTS, cluster_env_vars
+from sweeps.settings import PROCESS_SETTINGS as RAY_ENV_DEFAULTS, cluster_env_vars
 
 
 def test_every_setting_is_sent_with_this_process_value(monkeypatch):

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from sweeps.train_run import read_curve, run_single
+from sweeps.execution.single_run import read_curve, run_single
 from tests.conftest import small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -44,7 +44,7 @@ def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, 
 
 
 def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
-    from sweeps.train_run import RunFailed
+    from sweeps.execution.single_run import RunFailed
 
     run_single(small_spec(tmp_path), run_name="r", stop_after_step=4)
     other = small_spec(tmp_path, search_space={"params": {"max_lr": 1e-3, "warmup_frac": 0.1, "replay_ratio": 0.25,

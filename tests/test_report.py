@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.tune_driver import run_sweep
+from sweeps.execution.driver import run_sweep
 from tests.conftest import require, small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sweeps.resolve import trial_config
+from sweeps.config.resolve import trial_config
 from tests.conftest import small_spec
 from trainers.checkpoint import CheckpointError, read_state, verify_checkpoint
 from trainers.local import run_in_process

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from sweeps.spec import SpecError, load_spec
+from sweeps.config.loading import SpecError, load_spec
 from trainers.checkpoint import MANIFEST, CheckpointError, TrainState, _sha256, load_checkpoint, save_checkpoint
 from trainers.replay import ReplayState
 

@@ -6,8 +6,9 @@ Curves are in "tokens" (our time attribute); each report is one eval point.
 import pytest
 from ray import tune
 
-from sweeps.fake_trainable import fake_trainable
-from sweeps.tune_driver import DivergenceStopper, grace_tokens, make_scheduler
+from sweeps.execution.fake_trainable import fake_trainable
+from sweeps.config.cadence import asha_grace_tokens as grace_tokens
+from sweeps.execution.schedulers import DivergenceStopper, make_scheduler
 from tests.conftest import small_spec
 
 pytestmark = pytest.mark.ray
@@ -59,8 +60,8 @@ def test_default_grace_covers_longest_warmup_plus_recovery():
 
 
 def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_path):
-    from sweeps.fake_trainable import fake_cpt_trainable
-    from sweeps.tune_driver import make_searcher
+    from sweeps.execution.fake_trainable import fake_cpt_trainable
+    from sweeps.execution.search import make_searcher
 
     spec = small_spec(objective={"kind": "pareto"}, budget={"num_trials": 8, "tokens_per_trial": N_EVALS * EVAL},
                       search_space={"name": "default", "params": {"warmup_frac": 0.01, "schedule": "cosine",

@@ -5,8 +5,8 @@ import pytest
 
 import search_spaces
 from search_spaces.params import Choice, Fixed, LogUniform
-from sweeps.resolve import trial_config
-from sweeps.tune_driver import OptunaSpace
+from sweeps.config.resolve import trial_config
+from sweeps.execution.search import OptunaSpace
 from tests.conftest import small_spec
 from trainers.schedules import ScheduleConfig
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.spec import SpecError, load_spec, validate_spec
+from sweeps.config.loading import SpecError, load_spec, validate_spec
 from tests.conftest import changed
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "sweeps" / "specs").glob("*.yaml"))

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from sweeps.stopper import CONTINUE, DECISIONS_FILE, STOP, StopRule, StopRuleConfig
+from sweeps.decisions.stop_rule import CONTINUE, STOP, StopRule, StopRuleConfig
+from trainers.run_dir import DECISIONS_FILE
 
 EVAL = 1000
 N = 12
@@ -153,7 +154,8 @@ def test_scheduler_state_survives_a_driver_restart(tmp_path):
     """Tune restores a scheduler as pickled at the sweep's start; the rule's state comes from disk."""
     import pickle
 
-    from sweeps.stopper import STATE_FILE, ScheduleAwareScheduler
+    from sweeps.config.layout import STOPPER_STATE_FILE as STATE_FILE
+    from sweeps.execution.schedulers import ScheduleAwareScheduler
 
     class T:
         def __init__(self, trial_id):
@@ -195,8 +197,8 @@ def test_scheduler_state_survives_a_driver_restart(tmp_path):
 def test_scheduler_on_real_tune_logs_every_decision(local_ray, tmp_path):
     from ray import tune
 
-    from sweeps.fake_trainable import fake_trainable
-    from sweeps.stopper import ScheduleAwareScheduler
+    from sweeps.execution.fake_trainable import fake_trainable
+    from sweeps.execution.schedulers import ScheduleAwareScheduler
 
     evals, per_eval = 12, 512
     scheduler = ScheduleAwareScheduler(StopRuleConfig(max_tokens=evals * per_eval, recovery_tokens=2 * per_eval,

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.spec import load_spec
-from sweeps.train_run import run_single
-from sweeps.tune_driver import run_sweep
+from sweeps.config.loading import load_spec
+from sweeps.execution.single_run import run_single
+from sweeps.execution.driver import run_sweep
 from tests.conftest import small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -122,7 +122,9 @@ def test_best_filters(sweep, capsys, monkeypatch):
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
 def test_diverging_trial_is_marked_never_ranked_and_the_sweep_goes_on(local_ray, toy_world, tmp_path, workers):
-    from sweeps.best import load_sweep, open_client, rank
+    from sweeps.results.best import rank
+    from sweeps.tracking.records import load_sweep
+    from sweeps.tracking.store import open_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(

@@ -6,7 +6,7 @@ writes must not count the report as logged.
 
 from mlflow.tracking import MlflowClient
 
-from sweeps.tracking import LoggedMarks, Tracker
+from sweeps.tracking.tracker import LoggedMarks, Tracker
 
 
 def step(s):

@@ -1,7 +1,7 @@
-"""Tune's experiment-state saves and uploads alternate (sweeps/tune_state.py).
+"""Tune's experiment-state saves and uploads alternate (trainers/ray_compat.py).
 
 The unpatched case documents the Ray race that printed a traceback in CI: if Ray fixes it,
-that assertion fails and sweeps/tune_state.py can go.
+that assertion fails and trainers/ray_compat.py can go.
 """
 
 import json

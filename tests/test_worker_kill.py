@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.spec import load_spec
-from sweeps.train_run import run_single
+from sweeps.config.loading import load_spec
+from sweeps.execution.single_run import run_single
 from tests.conftest import small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

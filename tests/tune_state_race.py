@@ -21,9 +21,9 @@ STATE_FILES = ("experiment_state.json", "searcher-state.pkl", "callbacks.pkl")
 
 def main(mode: str) -> dict:
     if mode == "patched":
-        from sweeps.tune_state import serialize_state_uploads
+        from trainers.ray_compat import serialize_state_uploads
 
-        assert serialize_state_uploads(), "sweeps/tune_state.py could not install its wrapper on this Ray"
+        assert serialize_state_uploads(), "trainers/ray_compat.py could not install its wrapper on this Ray"
     root = Path(tempfile.mkdtemp())
     staging = root / "staging"
 

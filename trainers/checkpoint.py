@@ -26,14 +26,16 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
+from trainers.errors import UserError
 from trainers.replay import ReplayState
+from trainers.run_dir import PARTIAL_SUFFIX
 
 MANIFEST = "MANIFEST.json"
 _FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be resumed from (corrupt, incomplete, another run's); names the directory."""
 
 
 class TrainState(BaseModel):
@@ -86,7 +88,7 @@ def _unwrap(model):
 def save_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_per_rank: list[dict]) -> Path:
     """Write a checkpoint into `directory` atomically (temp dir + rename, manifest last)."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".partial")
+    tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

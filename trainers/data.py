@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainers.errors import UserError
+
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data source cannot be used; the message names the source and the cause."""
 
 

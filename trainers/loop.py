@@ -9,6 +9,7 @@ Train requires; only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -28,10 +29,11 @@ from trainers.evaluation import validation_loss
 from trainers.objective import BaseReference, score
 from trainers.tasks import evaluate_task
 from trainers.replay import ReplayMixer
+from trainers.report_point import ReportPoint, RunStatus
+from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX
 from trainers.schedules import lr_at, warmup_steps
 
-RUNNING, COMPLETED, DIVERGED, STOPPED = "running", "completed", "diverged", "stopped"
-BEST_MODEL_DIR = "best_model"
+RUNNING, COMPLETED, DIVERGED, STOPPED = RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.STOPPED
 _EMA_ALPHA = 0.1
 DIVERGED_OBJECTIVE = -1000.0  # below any real objective (gains are a few nats at most)
 
@@ -187,59 +189,67 @@ class Trainer:
             return s.step % cfg.loop.task_eval_every == 0
         return s.step - self._last_checkpoint_step >= cfg.loop.checkpoint_every
 
-    def _report_point(self, status: str) -> dict:
-        cfg, s = self.cfg, self.state
-        last = self._pending[-1] if self._pending else {
-            "loss": s.loss_ema, "lr": lr_at(s.step - 1, cfg.schedule, cfg.loop.total_steps), "grad_norm": 0.0}
-        metrics = {
-            "step": s.step, "tokens": s.tokens_seen, "loss": last["loss"], "lr": last["lr"],
-            "grad_norm": last["grad_norm"],
-            "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in self._pending])) if self._pending else 0.0,
-            # The realised replay ratio over the steps since the last report point.
-            "replay_share": (sum(r["upstream_seqs"] for r in self._pending)
-                             / (len(self._pending) * cfg.loop.global_batch_size)) if self._pending else 0.0,
-            "status": status, "world_size": self.world, "warmup_tokens": warmup_steps(cfg.schedule, cfg.loop.total_steps)
-            * cfg.loop.global_batch_size * cfg.loop.seq_len,
-        }
-        if cfg.loop.evaluate and status != DIVERGED:
-            tasks = self._evaluate_tasks() if self._tasks_due(status) else {}
-            metrics.update(score(**self._evaluate(), base=self.base, cfg=cfg.objective, tasks=tasks))
-            metrics.update({f"task/{name}/{k}": v for name, values in tasks.items() for k, v in values.items()})
-            if s.best_objective is None or metrics["objective"] > s.best_objective:
-                s.best_objective = metrics["objective"]
-                if cfg.loop.save_best and cfg.run_dir is not None and self.rank == 0:
-                    self._save_best_model(cfg.run_dir / BEST_MODEL_DIR)
-            metrics["best_objective"] = s.best_objective
-        if status == DIVERGED:
-            # A finite floor (not -inf) so that Optuna, ASHA and MLflow can all store it.
-            metrics["objective"] = DIVERGED_OBJECTIVE
-
-        # All ranks must take part in gathering RNG states; only rank 0 writes.
-        since = s.step - self._last_checkpoint_step
-        want_checkpoint = since > 0 and (status in (COMPLETED, STOPPED)
-                                         or (status == RUNNING and since >= cfg.loop.checkpoint_every))
-        checkpoint_dir = None
-        if want_checkpoint:
-            rng_states = dist_utils.gather_objects(capture_rng())
-            if self.rank == 0:
-                checkpoint_dir = self.reporter.checkpoint_target(s.step)
-                save_checkpoint(checkpoint_dir, self.model, self.optimizer, s, rng_states)
-            self._last_checkpoint_step = s.step
+    def _report_point(self, status: RunStatus) -> dict:
+        """Evaluate, keep the best model, checkpoint when due, and report; returns the report."""
+        point = self._measure(status)
+        checkpoint_dir = self._checkpoint_if_due(status)
         if self._reports_made == 0 and self.first_step_time is not None:
-            metrics["time/first_step"] = self.first_step_time  # for the overhead breakdown
+            point = dataclasses.replace(point, time_first_step=self.first_step_time)  # overhead breakdown
         self._reports_made += 1
-        metrics["time/report"] = time.time()  # report latency: worker -> scheduler (benchmarks)
+        # Stamped last: report latency is worker -> scheduler (benchmarks/overhead_bench.py).
+        metrics = dataclasses.replace(point, time_report=time.time()).to_result()
         steps, self._pending = self._pending, []
         self.reporter.report(metrics, steps, checkpoint_dir)
         return metrics
 
+    def _measure(self, status: RunStatus) -> ReportPoint:
+        """The report point of the current step: training stats since the last one, and evals."""
+        cfg, s, pending = self.cfg, self.state, self._pending
+        last = pending[-1] if pending else {
+            "loss": s.loss_ema, "lr": lr_at(s.step - 1, cfg.schedule, cfg.loop.total_steps), "grad_norm": 0.0}
+        point = ReportPoint(
+            step=s.step, tokens=s.tokens_seen, status=status, loss=last["loss"], lr=last["lr"],
+            grad_norm=last["grad_norm"],
+            tokens_per_s=float(np.mean([r["tokens_per_s"] for r in pending])) if pending else 0.0,
+            # The realised replay ratio over the steps since the last report point.
+            replay_share=(sum(r["upstream_seqs"] for r in pending) / (len(pending) * cfg.loop.global_batch_size)
+                          if pending else 0.0),
+            world_size=self.world,
+            warmup_tokens=warmup_steps(cfg.schedule, cfg.loop.total_steps) * cfg.loop.global_batch_size * cfg.loop.seq_len)
+        if status == DIVERGED:
+            # A finite floor (not -inf) so that Optuna, ASHA and MLflow can all store it.
+            return dataclasses.replace(point, objective=DIVERGED_OBJECTIVE)
+        if not cfg.loop.evaluate:
+            return point
+        tasks = self._evaluate_tasks() if self._tasks_due(status) else {}
+        scores = score(**self._evaluate(), base=self.base, cfg=cfg.objective, tasks=tasks)
+        if s.best_objective is None or scores["objective"] > s.best_objective:
+            s.best_objective = scores["objective"]
+            if cfg.loop.save_best and cfg.run_dir is not None and self.rank == 0:
+                self._save_best_model(cfg.run_dir / BEST_MODEL_DIR)
+        return dataclasses.replace(point, **scores, tasks=tasks, best_objective=s.best_objective)
+
+    def _checkpoint_if_due(self, status: RunStatus) -> Path | None:
+        """Checkpoint at the end of a run and every `checkpoint_every` steps; the dir on rank 0."""
+        cfg, s = self.cfg, self.state
+        since = s.step - self._last_checkpoint_step
+        if not (since > 0 and (status in (COMPLETED, STOPPED) or (status == RUNNING and since >= cfg.loop.checkpoint_every))):
+            return None
+        # All ranks must take part in gathering RNG states; only rank 0 writes.
+        rng_states = dist_utils.gather_objects(capture_rng())
+        checkpoint_dir = None
+        if self.rank == 0:
+            checkpoint_dir = self.reporter.checkpoint_target(s.step)
+            save_checkpoint(checkpoint_dir, self.model, self.optimizer, s, rng_states)
+        self._last_checkpoint_step = s.step
+        return checkpoint_dir
 
     def _save_best_model(self, directory: Path) -> None:
         """Weights of the best eval so far, loadable with `from_pretrained` (atomic replace)."""
         import shutil
 
         model = self.model.module if hasattr(self.model, "module") else self.model
-        tmp = directory.with_name(directory.name + ".partial")
+        tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "rewarm_best.json").write_text(json.dumps({"step": self.state.step, "objective": self.state.best_objective}))

@@ -26,19 +26,29 @@ ScheduleKind = Literal["cosine", "constant", "infinite", "wsd"]
 SCHEDULES: tuple[str, ...] = ("cosine", "constant", "infinite", "wsd")
 
 
-class ScheduleConfig(BaseModel):
-    """One LR schedule; `max_lr` and `warmup_frac` are the re-warming knobs."""
+class ScheduleShape(BaseModel):
+    """The shape of the decay after warmup, shared by every trial of a sweep (the spec's
+    `training` section embeds these fields as they are)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of max LR (cosine decays to 0.1x in the papers; also infinite, wsd).")
+    constant_lr_ratio: float = Field(0.5, gt=0, le=1, description="infinite schedule: LR of the constant phase as a share of max LR.")
+    cooldown_frac: float = Field(0.2, ge=0, le=1, description="infinite schedule: share of steps cooling down to the constant LR.")
+    anneal_frac: float = Field(0.1, ge=0, le=1, description="infinite schedule: share of steps of the final anneal.")
+    decay_frac: float = Field(0.2, ge=0, le=1, description="wsd schedule: share of steps of the final 1-sqrt decay.")
+
+    def shape(self) -> dict[str, float]:
+        """These fields alone (from a model that embeds them), to build a ScheduleConfig."""
+        return {name: getattr(self, name) for name in ScheduleShape.model_fields}
+
+
+class ScheduleConfig(ScheduleShape):
+    """One LR schedule; `kind`, `max_lr` and `warmup_frac` are the re-warming knobs."""
 
     kind: ScheduleKind = Field("cosine", description="Schedule shape.")
     max_lr: float = Field(gt=0, description="Peak LR reached at the end of warmup.")
     warmup_frac: float = Field(0.01, ge=0, le=1, description="Share of total steps spent warming up linearly.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of max_lr (cosine, infinite, wsd).")
-    constant_lr_ratio: float = Field(0.5, gt=0, le=1, description="infinite: LR of the constant phase as a share of max_lr.")
-    cooldown_frac: float = Field(0.2, ge=0, le=1, description="infinite: share of steps cooling down to the constant LR.")
-    anneal_frac: float = Field(0.1, ge=0, le=1, description="infinite: share of steps of the final anneal.")
-    decay_frac: float = Field(0.2, ge=0, le=1, description="wsd: share of steps of the final 1-sqrt decay.")
 
     @model_validator(mode="after")
     def _phases_fit(self):

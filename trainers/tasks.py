@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainers.errors import UserError
 from trainers import distributed as dist_utils
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task file that cannot be used; the message names the file, line and field."""
 
 

@@ -7,7 +7,7 @@
 
 Both load the model, resume from the newest checkpoint that verifies, run the one loop
 (`trainers/loop.py`) and leave the same run dir: curves.jsonl, reports.jsonl,
-attempts.jsonl, placement/ and checkpoint_<time>/ directories.
+attempts.jsonl, placement/ and checkpoint_<time>/ directories (trainers/run_dir.py).
 """
 
 from __future__ import annotations
@@ -18,89 +18,17 @@ import shutil
 import socket
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from trainers import ray_compat
 from trainers.checkpoint import CheckpointError, scratch_checkpoint_dir, verify_checkpoint
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
+from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, PLACEMENT_DIR, REPORTS_FILE, CurveLog, list_checkpoints
 
-CURVES_FILE = "curves.jsonl"
-REPORTS_FILE = "reports.jsonl"
-ATTEMPTS_FILE = "attempts.jsonl"
 KEEP_CHECKPOINTS = 2  # per run: the latest to resume from, and the one before in case it is corrupt
-
-
-class CurveLog:
-    """Records appended by rank 0 as JSON lines in the run directory (one file per kind:
-    per-step training records, and report-point metrics).
-
-    On resume, records past the checkpoint's step are dropped first: they were trained
-    after the checkpoint by the attempt that died and will be trained again, so the
-    file ends up exactly as an uninterrupted run's.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(self.path)
-
-    def append(self, records: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in records)
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
-    def read_new(self, cursor: "TailCursor") -> tuple[list[dict], "TailCursor"]:
-        """The records appended since `cursor`, and the cursor to pass next time.
-
-        The sweep driver calls this at every report of every trial; re-reading whole files
-        would cost O(steps) per report, O(steps^2) per trial. A line still being appended is
-        left for the next call. `truncate_after` replaces the file (a new inode), and then the
-        reader starts over; the caller's logged-step mark skips what it already has.
-        """
-        try:
-            fh = open(self.path, "rb")
-        except FileNotFoundError:
-            return [], TailCursor()
-        with fh:
-            stat = os.fstat(fh.fileno())  # of the file actually opened, not of a path replaced since
-            if stat.st_ino != cursor.inode or stat.st_size < cursor.offset or not _line_starts_at(fh, cursor.offset):
-                # A replaced file (or one that reused the old inode number: the offset is then
-                # not at a line start) is read from the top again.
-                cursor = TailCursor(inode=stat.st_ino, offset=0)
-            fh.seek(cursor.offset)
-            data = fh.read()
-        complete = data.rfind(b"\n") + 1
-        records = [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
-        return records, TailCursor(inode=stat.st_ino, offset=cursor.offset + complete)
-
-
-def _line_starts_at(fh, offset: int) -> bool:
-    if offset == 0:
-        return True
-    fh.seek(offset - 1)
-    return fh.read(1) == b"\n"
-
-
-@dataclass(frozen=True)
-class TailCursor:
-    """Where a reader of a CurveLog stopped: the file's inode and the byte offset read up to."""
-
-    inode: int = -1
-    offset: int = 0
 
 
 class RunReporter:
@@ -174,7 +102,7 @@ class InProcessReporter(RunReporter):
         self.send, self.keep = send, keep
 
     def checkpoint_target(self, step: int) -> Path:
-        return self.run_dir / checkpoint_dir_name()
+        return self.run_dir / ray_compat.checkpoint_dir_name()
 
     def _send(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is not None:
@@ -184,25 +112,9 @@ class InProcessReporter(RunReporter):
             self.send(metrics)
 
 
-def checkpoint_dir_name() -> str:
-    """`checkpoint_<local time to the microsecond>`, as Ray Train names them: names sort by age."""
-    now = time.time()
-    return f"checkpoint_{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run dir's checkpoint directories, oldest first (half-written `.partial` ones left out)."""
-    if not run_dir.exists():
-        return []
-    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir() and not p.name.endswith(".partial"))
-
-
-PLACEMENT_DIR = "placement"
-
-
-# Ray settings that must hold in every Train worker, wherever it runs (sweeps/ray_cluster.py
+# Ray settings that must hold in every Train worker, wherever it runs (sweeps/settings.py
 # sends them through the job's runtime_env); recorded with the placement to show they arrived.
-RECORDED_RAY_SETTINGS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_V2_ENABLED")
+RECORDED_RAY_SETTINGS = (ray_compat.TRAIN_HEALTH_CHECK_INTERVAL_ENV, ray_compat.TRAIN_V2_ENABLED_ENV)
 
 
 def record_placement(run_dir: Path | None, role: str) -> None:

@@ -19,44 +19,49 @@ differs in four ways, each a rule below with the reason it gives:
    standard deviations, is still below the best final seen so far is stopped as dominated.
 
 `StopRule` is the pure decision logic (no Ray: unit-tested on synthetic curves, and timed
-with 1,000 trials in `benchmarks/search_scale_bench.py`); `ScheduleAwareScheduler` adapts it
-to Ray Tune's `TrialScheduler` API and writes every decision, with its reason, to
+with 1,000 trials in `benchmarks/search_scale_bench.py`);
+`sweeps/execution/schedulers.py: ScheduleAwareScheduler` adapts it to Ray Tune's
+`TrialScheduler` API and writes every decision, with its reason, to
 `<trials dir>/<trial id>/decisions.jsonl`, which the sweep driver logs to the trial's MLflow run.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import math
-import numbers
-import os
-import pickle
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-DECISIONS_FILE = "decisions.jsonl"
-STATE_FILE = "stopper_state.pkl"  # beside the trials dir: what `rewarm resume` restores
+from trainers.report_point import ReportPoint, RunStatus, is_finite
+
 CONTINUE, STOP = "continue", "stop"
 
 
-class StopRuleConfig(BaseModel):
-    """Settings of the schedule-aware stopper (they mirror the spec's `scheduler` section)."""
+class StopRuleSettings(BaseModel):
+    """The stopper's user-facing settings (the spec's `scheduler` section embeds them as they are)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reduction_factor: int = Field(3, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
+    smoothing: float = Field(0.5, gt=0, le=1, description="'rewarm' only: EMA weight of the newest objective (1 = no smoothing).")
+    forecast: bool = Field(True, description="'rewarm' only: stop trials whose forecast final objective is dominated.")
+    forecast_min_trials: int = Field(3, ge=3, description="'rewarm' only: finished trials needed before forecasting.")
+    forecast_margin_sd: float = Field(1.0, ge=0, description="'rewarm' only: stop if forecast + this many prediction sd < best final.")
+
+    def settings(self) -> dict:
+        """These fields alone (from a model that embeds them), to build a StopRuleConfig."""
+        return {name: getattr(self, name) for name in StopRuleSettings.model_fields}
+
+
+class StopRuleConfig(StopRuleSettings):
+    """Everything the stop rule needs: the settings, plus token counts derived from the spec
+    (sweeps/config/cadence.py)."""
 
     max_tokens: int = Field(ge=1, description="A trial's full budget in tokens (no decision is needed at or past it).")
     recovery_tokens: int = Field(0, ge=0, description="Tokens after a trial's warmup before it may be judged.")
     min_grace_tokens: int = Field(1, ge=1, description="No trial is judged before this many tokens (at least one eval).")
-    reduction_factor: int = Field(3, ge=2, description="At each rung keep the top 1/reduction_factor of trials.")
-    smoothing: float = Field(0.5, gt=0, le=1, description="EMA weight of the newest objective (1 = no smoothing).")
-    forecast: bool = Field(True, description="Stop trials whose forecast final objective is dominated.")
-    forecast_min_trials: int = Field(3, ge=3, description="Finished trials needed before forecasting.")
-    forecast_margin_sd: float = Field(1.0, ge=0, description="Stop only if forecast + margin x prediction sd < best final.")
 
 
 @dataclass
@@ -143,19 +148,19 @@ class StopRule:
     # ------------------------------------------------------------------ results
 
     def observe(self, trial_id: str, result: dict) -> Decision:
+        """The decision on one report point (a Tune result dict; see trainers/report_point.py)."""
         cfg = self.cfg
         trial = self._trials.setdefault(trial_id, _Trial())
-        tokens = int(result.get("tokens", 0))
-        value = result.get("objective")
-        loss = result.get("loss")
+        point = ReportPoint.from_result(result)
+        tokens, value, loss = point.tokens, point.objective, point.loss
 
         def decide(action: str, reason: str) -> Decision:
             return Decision(trial_id, tokens, action, reason, _num(value), trial.smoothed)
 
-        if value is None and result.get("status") != "diverged":
+        diverged = point.status == RunStatus.DIVERGED
+        if value is None and not diverged:
             return decide(CONTINUE, "no objective in this result")
-        if (result.get("status") == "diverged" or (loss is not None and not _is_finite(loss))
-                or not _is_finite(value)):
+        if diverged or (loss is not None and not is_finite(loss)) or not is_finite(value):
             return decide(STOP, f"diverged at {tokens} tokens (loss {loss}, objective {value}): stopped at once")
         if tokens <= trial.last_tokens:
             # A Train restart re-reports points it already made; they change nothing.
@@ -163,7 +168,7 @@ class StopRule:
             d.repeat = True
             return d
         trial.last_tokens = tokens
-        grace = max(cfg.min_grace_tokens, int(result.get("warmup_tokens", 0)) + cfg.recovery_tokens)
+        grace = max(cfg.min_grace_tokens, int(point.warmup_tokens) + cfg.recovery_tokens)
         if tokens >= grace:
             # Smooth only what comes after the grace window: the warmup bump must not drag the
             # average down once the trial is judged.
@@ -209,9 +214,9 @@ class StopRule:
         if trial is None or trial.done:
             return
         trial.done = True
-        final = result.get("objective")
-        if (int(result.get("tokens", 0)) < self.cfg.max_tokens or result.get("status") == "diverged"
-                or not _is_finite(final)):
+        point = ReportPoint.from_result(result)
+        final = point.objective
+        if point.tokens < self.cfg.max_tokens or point.status == RunStatus.DIVERGED or not is_finite(final):
             return
         self.finished += 1
         self.best_final = final if self.best_final is None else max(self.best_final, final)
@@ -229,89 +234,5 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def _is_finite(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _num(x):
-    return float(x) if _is_finite(x) else None
-
-
-# ---------------------------------------------------------------------- Ray Tune adapter
-
-
-class ScheduleAwareScheduler(FIFOScheduler):
-    """Ray Tune `TrialScheduler` around `StopRule`; every decision goes to the trial's decisions.jsonl.
-
-    Tune does not checkpoint a scheduler's state (a restored Tuner gets the scheduler as it was
-    pickled at the start), so the rule's state is written to `<sweep dir>/stopper_state.pkl`
-    after every change and read back on first use after `rewarm resume`: rung values, forecast
-    fits and each trial's position survive, and reports replayed after a restart are ignored.
-    """
-
-    def __init__(self, cfg: StopRuleConfig, decisions_root: str | None = None):
-        super().__init__()
-        self.rule = StopRule(cfg)
-        self.decisions_root = decisions_root
-        self.stopped = 0
-        self._restored = False
-
-    @property
-    def _state_path(self) -> Path | None:
-        return Path(self.decisions_root).parent / STATE_FILE if self.decisions_root else None
-
-    def _restore_once(self) -> None:
-        if self._restored:
-            return
-        self._restored = True
-        path = self._state_path
-        if path is not None and path.exists():
-            with open(path, "rb") as f:
-                self.rule, self.stopped = pickle.load(f)
-
-    def _persist(self) -> None:
-        path = self._state_path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump((self.rule, self.stopped), f)
-        os.replace(tmp, path)
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        # The rule always maximises the sweep objective; accept only that.
-        return metric in (None, "objective") and mode in (None, "max")
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        self._restore_once()
-        decision = self.rule.observe(trial.trial_id, result)
-        if decision.repeat:
-            return TrialScheduler.CONTINUE
-        if decision.action == STOP:
-            self.stopped += 1
-        self._record(decision)
-        self._persist()
-        return TrialScheduler.STOP if decision.action == STOP else TrialScheduler.CONTINUE
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._restore_once()
-        self.rule.complete(trial.trial_id, result or {})
-        self._persist()
-
-    def on_trial_remove(self, tune_controller, trial) -> None:
-        pass  # its recorded rung values stay: they are real measurements
-
-    def on_trial_error(self, tune_controller, trial) -> None:
-        pass
-
-    def debug_string(self) -> str:
-        return f"Schedule-aware stopper: {self.stopped} stopped, {self.rule.finished} finished"
-
-    def _record(self, decision: Decision) -> None:
-        if not self.decisions_root:
-            return
-        directory = Path(self.decisions_root) / decision.trial_id
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / DECISIONS_FILE, "a") as f:
-            f.write(json.dumps(decision.as_dict()) + "\n")
+    return float(x) if is_finite(x) else None

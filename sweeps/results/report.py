@@ -17,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps.analyze import analyze_sweep, render_table
-from sweeps.best import rank
+from search_spaces.knobs import KNOBS, Knob
+from sweeps.results.analyze import analyze_sweep, render_table
+from sweeps.results.best import rank
+from sweeps.tracking.records import load_sweep
+from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus
+from trainers.errors import UserError
 
 PLOTS = ("curves", "schedules", "tradeoff", "parallel", "tasks")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A report that cannot be written (reported as a one-line error)."""
 
 
@@ -48,10 +52,10 @@ def _lr_colors(trials):
     plt = _plt()
     import matplotlib.colors as mcolors
 
-    lrs = [t.get("max_lr") or 1e-4 for t in trials]
+    lrs = [t.get(Knob.MAX_LR) or 1e-4 for t in trials]
     norm = mcolors.LogNorm(vmin=min(lrs), vmax=max(lrs) * (1.0001 if min(lrs) == max(lrs) else 1))
     cmap = plt.get_cmap("viridis")
-    return {t["trial_id"]: cmap(norm(t.get("max_lr") or 1e-4)) for t in trials}, norm, cmap
+    return {t["trial_id"]: cmap(norm(t.get(Knob.MAX_LR) or 1e-4)) for t in trials}, norm, cmap
 
 
 def plot_curves(trials, hist, tokens_per_step, path: Path) -> None:
@@ -66,7 +70,7 @@ def plot_curves(trials, hist, tokens_per_step, path: Path) -> None:
             x = [s * tokens_per_step for s, _ in pts]
             y = [v for _, v in pts]
             ax.plot(x, y, color=colors[t["trial_id"]], lw=1.2, alpha=0.9)
-            if t["status"] in ("early_stopped", "diverged", "failed"):
+            if t["status"] in (TrialStatus.EARLY_STOPPED, TrialStatus.DIVERGED, TrialStatus.FAILED):
                 ax.plot(x[-1], y[-1], marker="x", color="crimson", ms=7)
         ax.set_title(title)
         ax.set_xlabel("tokens")
@@ -106,12 +110,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def plot_tradeoff(trials, chosen, path: Path) -> None:
     plt = _plt()
-    done = [t for t in trials if "gain" in t and "forgetting" in t and t["status"] not in ("diverged", "failed")]
+    done = [t for t in trials if "gain" in t and "forgetting" in t and t["status"] not in (TrialStatus.DIVERGED, TrialStatus.FAILED)]
     fig, ax = plt.subplots(figsize=(7, 5))
     if done:
         pts = [(t["gain"], t["forgetting"]) for t in done]
-        sc = ax.scatter([p[1] for p in pts], [p[0] for p in pts], c=[t.get("replay_ratio", 0) for t in done],
-                        cmap="plasma", s=[60 if t["status"] == "completed" else 25 for t in done], edgecolors="k", lw=0.5)
+        sc = ax.scatter([p[1] for p in pts], [p[0] for p in pts], c=[t.get(Knob.REPLAY_RATIO, 0) for t in done],
+                        cmap="plasma", s=[60 if t["status"] == TrialStatus.COMPLETED else 25 for t in done], edgecolors="k", lw=0.5)
         fig.colorbar(sc, ax=ax, label="replay ratio")
         front = pareto_front(pts)
         ax.plot([pts[i][1] for i in front], [pts[i][0] for i in front], "k--", lw=1, label="Pareto front")
@@ -129,7 +133,7 @@ def plot_tradeoff(trials, chosen, path: Path) -> None:
 
 def plot_parallel(trials, path: Path) -> None:
     plt = _plt()
-    axes_spec = [("warmup_frac", False), ("max_lr", True), ("replay_ratio", False), ("objective", False)]
+    axes_spec = [(Knob.WARMUP_FRAC, False), (Knob.MAX_LR, True), (Knob.REPLAY_RATIO, False), ("objective", False)]
     rows = [t for t in trials if all(isinstance(t.get(k), (int, float)) for k, _ in axes_spec)]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     if rows:
@@ -163,7 +167,7 @@ def plot_tasks(analysis: dict, path: Path) -> None:
             key = f"task/{task}/{metric}"
             pts = [p for p in analysis["points"] if key in p]
             ax.scatter([p["L_down"] for p in pts], [p[key] for p in pts],
-                       c=[math.log10(p["max_lr"]) if p.get("max_lr") else 0 for p in pts], cmap="viridis", s=18)
+                       c=[math.log10(p[Knob.MAX_LR]) if p.get(Knob.MAX_LR) else 0 for p in pts], cmap="viridis", s=18)
             row = next((r for r in rows if r["task"] == task and r["metric"] == metric), None)
             if row:
                 ax.axhline(row["chance"], color="grey", ls=":", label="chance")
@@ -182,7 +186,6 @@ def plot_tasks(analysis: dict, path: Path) -> None:
 
 
 def write_report(client, sweep: str, out_dir: Path, experiment: str | None = None) -> Path:
-    from sweeps.best import load_sweep
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"--out {out_dir} exists and is not a directory")
@@ -213,10 +216,9 @@ def _html(sweep, trials, chosen, analysis, out_dir: Path) -> str:
         return (f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(caption)}" '
                 f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "early_stopped", "diverged", "failed")}
+    counts = {str(s): sum(t["status"] == s for t in trials) for s in ENDED_STATUSES}
     best = (f"<p><b>Chosen config</b> ({html.escape(str(chosen['trial_id']))}): "
-            + ", ".join(f"{k}={html.escape(str(chosen.get(k)))}" for k in ("warmup_frac", "max_lr", "replay_ratio",
-                                                                         "schedule"))
+            + ", ".join(f"{k}={html.escape(str(chosen.get(k)))}" for k in KNOBS)
             + f" &mdash; objective {chosen.get('objective', float('nan')):+.4f}, gain {chosen.get('gain', float('nan')):+.4f}, "
             f"forgetting {chosen.get('forgetting', float('nan')):+.4f}</p>") if chosen else "<p>No ranked trial.</p>"
     # The script records how each plot decoded, for the headless-browser check (tests/test_report.py).

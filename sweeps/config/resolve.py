@@ -11,15 +11,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeps.spec import SweepSpec
+from search_spaces.knobs import Knob
+from sweeps.config.spec import SweepSpec
 from trainers.config import LoopConfig, TrialConfig
+from trainers.errors import UserError
 from trainers.data import DataError, DataSource, PreparedDomain, prepare_domain
 from trainers.objective import BaseReference
 from trainers.schedules import ScheduleConfig
 from trainers.toyworld import TOY, TOY_DATA_PREFIX, default_cache_dir, ensure_toy_world
 
 
-class ResolveError(ValueError):
+class ResolveError(UserError, ValueError):
     """The spec is valid but what it points at is not usable (missing data, model too short...)."""
 
 
@@ -149,26 +151,18 @@ def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain
 def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = None) -> TrialConfig:
     """The TrialConfig for one point of the search space."""
     spec, t = resolved.spec, resolved.spec.training
-    steps = spec.steps_per_trial
-    per_step = spec.tokens_per_step
-    eval_every = max(1, round(t.eval_every_tokens / per_step))
-    checkpoint_every = max(eval_every, round(t.checkpoint_every_tokens / per_step))
-    task_every = (None if t.task_eval_every_tokens is None
-                  else eval_every * max(1, round(t.task_eval_every_tokens / per_step / eval_every)))
-    schedule = ScheduleConfig(
-        kind=knobs["schedule"], max_lr=float(knobs["max_lr"]), warmup_frac=float(knobs["warmup_frac"]),
-        min_lr_ratio=t.min_lr_ratio, constant_lr_ratio=t.constant_lr_ratio, cooldown_frac=t.cooldown_frac,
-        anneal_frac=t.anneal_frac, decay_frac=t.decay_frac,
-    )
+    cadence = spec.cadence()
+    schedule = ScheduleConfig(kind=knobs[Knob.SCHEDULE], max_lr=float(knobs[Knob.MAX_LR]),
+                              warmup_frac=float(knobs[Knob.WARMUP_FRAC]), **t.shape())
     return TrialConfig(
         model_path=resolved.model_path, dtype=spec.model.dtype,
         upstream=resolved.upstream, downstream=resolved.downstream,
-        schedule=schedule, replay_ratio=float(knobs["replay_ratio"]), optimizer=t.optimizer,
+        schedule=schedule, replay_ratio=float(knobs[Knob.REPLAY_RATIO]), optimizer=t.optimizer,
         loop=LoopConfig(
-            total_steps=steps, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
-            seq_len=spec.data.seq_len, eval_every=eval_every, eval_batch_size=t.eval_batch_size,
-            checkpoint_every=checkpoint_every, divergence_factor=t.divergence_factor, seed=spec.seed,
-            task_eval_every=task_every,
+            total_steps=cadence.total_steps, global_batch_size=t.global_batch_size,
+            micro_batch_size=t.micro_batch_size, seq_len=spec.data.seq_len, eval_every=cadence.eval_every,
+            eval_batch_size=t.eval_batch_size, checkpoint_every=cadence.checkpoint_every,
+            divergence_factor=t.divergence_factor, seed=spec.seed, task_eval_every=cadence.task_eval_every,
         ),
         objective=spec.objective, base_reference=resolved.base_reference, run_dir=run_dir,
         tasks=list(resolved.tasks), length_normalized={x.name: x.length_normalized for x in spec.tasks},

@@ -11,6 +11,8 @@ import math
 
 from ray import tune
 
+from search_spaces.knobs import Knob
+
 
 def scripted_objective(kind: str, i: int) -> float:
     """Objective at eval i (1-based) for each kind of scripted trial."""
@@ -40,7 +42,7 @@ def fake_trainable(config: dict) -> None:
 def fake_cpt_trainable(config: dict) -> None:
     """A scripted continual pre-training trade-off: a higher max LR learns more (gain) and
     forgets more; replay cuts forgetting at a small cost in gain. Reports like a real trial."""
-    lr, replay = config["max_lr"], config["replay_ratio"]
+    lr, replay = config[Knob.MAX_LR], config[Knob.REPLAY_RATIO]
     for i in range(1, config["evals"] + 1):
         progress = i / config["evals"]
         gain = progress * (1.0 + math.log10(lr / 1e-4)) * (1.0 - 0.3 * replay)

@@ -1,35 +1,35 @@
-"""MLflow, owned by Rewarm: one parent run per sweep, one nested child run per trial.
+"""The MLflow side of one sweep: one parent run per sweep, one nested child run per trial.
 
 All MLflow calls happen in the sweep driver (never in Train workers), so retries and
 resumes cannot create duplicate runs: a trial's child run is found again by its tags
 (`rewarm.sweep`, `rewarm.trial_id`) and continued. Curves are logged with `log_batch`
-(one call per report point, not one per value). Per-run progress is kept in the tag
-`rewarm.logged_step`, so a restarted driver continues exactly where logging stopped.
+(one call per sync, not one per value). How far a run is logged is kept in two tags
+(`rewarm.logged_step`, `rewarm.logged_report_step`), so a restarted driver continues exactly
+where logging stopped.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-STATUS_TAG = "rewarm.status"
+from sweeps.tracking.statuses import MLFLOW_RUN_STATUS, SweepStatus, TrialStatus
+from sweeps.tracking.store import TrackingError, default_artifact_location
+from trainers.report_point import ReportPoint, is_finite
+
+STATUS_TAG = "rewarm.status"  # a TrialStatus (trial runs) or SweepStatus (the parent run)
 SWEEP_TAG = "rewarm.sweep"
 TRIAL_TAG = "rewarm.trial_id"
+KIND_TAG = "rewarm.kind"  # "sweep" (the parent run) or "trial"
+SWEEP_KIND, TRIAL_KIND = "sweep", "trial"
+KNOB_PARAM_PREFIX = "knob."  # a trial's knobs are MLflow params knob.<name>
 # How far a trial's per-step records and its report points are logged (one mark each: the
 # worker writes a step's record before that step's report, and a sync between the two writes
 # must not count the report as logged).
 LOGGED_STEP_TAG = "rewarm.logged_step"
 LOGGED_REPORT_TAG = "rewarm.logged_report_step"
-KIND_TAG = "rewarm.kind"
-TERMINAL_STATUSES = ("completed", "early_stopped", "diverged", "failed")
-# What each run status becomes in MLflow's own run status.
-_MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED",
-                  "failed": "FAILED", "interrupted": "KILLED"}
 # Per step: the curves whose every step matters (the re-warming LR and the loss it moves).
 # MLflow's SQL store costs ~0.2 ms per metric row; at the toy world's 0.15 s steps, each extra
 # per-step curve would cost 0.13% of training time. So throughput, tokens and the realised
@@ -37,35 +37,9 @@ _MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverge
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm"}
 REPORT_TRAIN_METRICS = {"tokens": "train/tokens", "tokens_per_s": "train/tokens_per_s",
                         "replay_share": "train/replay_share"}
-EVAL_METRICS = ("L_up", "L_down", "gain", "forgetting", "objective", "avg_loss", "task_gain")
-TASK_PREFIX = "task/"  # task metrics keep their own names: task/<task>/<accuracy|correct_prob|brier>
+# A trial's final report point, as final/<name> metrics (what `rewarm best` ranks by).
+FINAL_METRICS = (*ReportPoint.EVAL_FIELDS, "tokens", "step", "best_objective")
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used; the message names the URI and cause."""
-
-
-def default_artifact_location(uri: str) -> str | None:
-    """Artifacts beside a SQLite store, as an absolute file URI (workers change directory)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, before any training, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
-            if resp.status != 200:
-                raise TrackingError(f"tracking.uri: MLflow server at {uri} answered HTTP {resp.status} on /health")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason}); "
-                            "start it or set MLFLOW_TRACKING_URI") from None
 
 
 class LoggedMarks(NamedTuple):
@@ -110,7 +84,7 @@ class Tracker:
     def find_parent(self):
         runs = self.client.search_runs(
             [self.ensure_experiment()],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = 'sweep'",
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'",
             order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
@@ -123,13 +97,13 @@ class Tracker:
         if existing is not None and resume:
             self.parent_run_id = existing.info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
-            self.client.set_tag(self.parent_run_id, STATUS_TAG, "running")
+            self.client.set_tag(self.parent_run_id, STATUS_TAG, str(SweepStatus.RUNNING))
             return self.parent_run_id
         if existing is not None:
             raise TrackingError(f"sweep {self.sweep!r} already exists in experiment {self.experiment!r}; "
                                 f"continue it with `rewarm resume {self.sweep}` or choose another name")
         run = self.client.create_run(self.ensure_experiment(), run_name=self.sweep, tags={
-            SWEEP_TAG: self.sweep, KIND_TAG: "sweep", STATUS_TAG: "running"})
+            SWEEP_TAG: self.sweep, KIND_TAG: SWEEP_KIND, STATUS_TAG: str(SweepStatus.RUNNING)})
         self.parent_run_id = run.info.run_id
         now = _now_ms()
         self.client.log_batch(
@@ -142,30 +116,29 @@ class Tracker:
                              "sweep.json")
         return self.parent_run_id
 
-    def finish_parent(self, status: str, summary: dict | None = None) -> None:
+    def finish_parent(self, status: SweepStatus, summary: dict | None = None) -> None:
         if self.parent_run_id is None:
             return
         if summary:
             self.client.log_dict(self.parent_run_id, summary, "summary.json")
-        self.client.set_tag(self.parent_run_id, STATUS_TAG, status)
-        self.client.set_terminated(self.parent_run_id, status={"completed": "FINISHED", "interrupted": "KILLED"}
-                                   .get(status, "FAILED"))
+        self.client.set_tag(self.parent_run_id, STATUS_TAG, str(status))
+        self.client.set_terminated(self.parent_run_id, status=MLFLOW_RUN_STATUS.get(status, "FAILED"))
 
     # ------------------------------------------------------------------ children
 
     def child_runs(self) -> list:
         return self.client.search_runs(
             [self.ensure_experiment()],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = 'trial'",
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{KIND_TAG}` = '{TRIAL_KIND}'",
             max_results=10000)
 
     def close_orphans(self) -> list[str]:
         """Mark trial runs still `running` after the sweep ended as `interrupted` (never ranked)."""
         closed = []
         for run in self.child_runs():
-            if run.data.tags.get(STATUS_TAG) == "running":
-                self.client.set_tag(run.info.run_id, STATUS_TAG, "interrupted")
-                self.client.set_terminated(run.info.run_id, status="KILLED")
+            if run.data.tags.get(STATUS_TAG) == TrialStatus.RUNNING:
+                self.client.set_tag(run.info.run_id, STATUS_TAG, str(TrialStatus.INTERRUPTED))
+                self.client.set_terminated(run.info.run_id, status=MLFLOW_RUN_STATUS[TrialStatus.INTERRUPTED])
                 closed.append(run.data.tags.get(TRIAL_TAG))
         return closed
 
@@ -181,13 +154,12 @@ class Tracker:
             run = found[0]
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
-            steps_mark = int(run.data.tags.get(LOGGED_STEP_TAG, 0))
-            # Runs logged before reports had their own mark shared the step mark.
-            return run.info.run_id, LoggedMarks(steps_mark, int(run.data.tags.get(LOGGED_REPORT_TAG, steps_mark)))
+            tags = run.data.tags
+            return run.info.run_id, LoggedMarks(int(tags.get(LOGGED_STEP_TAG, 0)), int(tags.get(LOGGED_REPORT_TAG, 0)))
         run = self.client.create_run(self.ensure_experiment(), run_name=f"{self.sweep}-{trial_id}", tags={
-            "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: "trial",
-            TRIAL_TAG: trial_id, STATUS_TAG: "running", LOGGED_STEP_TAG: "0", LOGGED_REPORT_TAG: "0"})
-        all_params = {**{f"knob.{k}": v for k, v in knobs.items()}, **params}
+            "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: TRIAL_KIND,
+            TRIAL_TAG: trial_id, STATUS_TAG: str(TrialStatus.RUNNING), LOGGED_STEP_TAG: "0", LOGGED_REPORT_TAG: "0"})
+        all_params = {**{f"{KNOB_PARAM_PREFIX}{k}": v for k, v in knobs.items()}, **params}
         items = [Param(k, _param_text(v)) for k, v in all_params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=items[i:i + 100])
@@ -203,15 +175,14 @@ class Tracker:
         for rec in new_steps:
             ts = int(rec.get("time", time.time()) * 1000)
             metrics += [Metric(name, float(rec[key]), ts, rec["step"]) for key, name in STEP_METRICS.items()
-                        if key in rec and _finite(rec[key])]
+                        if key in rec and is_finite(rec[key])]
         for rep in new_reports:
-            ts = _now_ms()
-            metrics += [Metric(f"eval/{k}", float(rep[k]), ts, rep["step"]) for k in EVAL_METRICS
-                        if k in rep and _finite(rep[k])]
-            metrics += [Metric(name, float(rep[key]), ts, rep["step"]) for key, name in REPORT_TRAIN_METRICS.items()
-                        if key in rep and _finite(rep[key])]
-            metrics += [Metric(k, float(v), ts, rep["step"]) for k, v in rep.items()
-                        if k.startswith(TASK_PREFIX) and _finite(v)]
+            point, ts = ReportPoint.from_result(rep), _now_ms()
+            metrics += [Metric(f"eval/{k}", float(getattr(point, k)), ts, point.step) for k in ReportPoint.EVAL_FIELDS
+                        if is_finite(getattr(point, k))]
+            metrics += [Metric(name, float(getattr(point, key)), ts, point.step)
+                        for key, name in REPORT_TRAIN_METRICS.items() if is_finite(getattr(point, key))]
+            metrics += [Metric(k, float(v), ts, point.step) for k, v in point.task_metrics().items() if is_finite(v)]
         if not metrics:
             return marks
         new_marks = LoggedMarks(max([marks.steps] + [r["step"] for r in new_steps]),
@@ -224,17 +195,15 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH], tags=tags)
         return new_marks
 
-    def finish_child(self, run_id: str, status: str, final: dict, artifacts: dict[str, Path],
+    def finish_child(self, run_id: str, status: TrialStatus, final: dict, artifacts: dict[str, Path],
                      files: list[Path] = (), tags: dict[str, str] | None = None) -> None:
         """Close a trial's run: final metrics, status, checkpoints (dirs) and small files (e.g. decisions.jsonl)."""
         from mlflow.entities import Metric, RunTag
 
-        now = _now_ms()
-        summary = [Metric(f"final/{k}", float(final[k]), now, int(final.get("step", 0)))
-                   for k in (*EVAL_METRICS, "tokens", "step", "best_objective") if k in final and _finite(final[k])]
-        summary += [Metric(f"final/{k}", float(v), now, int(final.get("step", 0))) for k, v in final.items()
-                    if k.startswith(TASK_PREFIX) and _finite(v)]
-        self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, status)] + [
+        now, point = _now_ms(), ReportPoint.from_result(final)
+        values = {k: getattr(point, k) for k in FINAL_METRICS} | point.task_metrics()
+        summary = [Metric(f"final/{k}", float(v), now, point.step) for k, v in values.items() if is_finite(v)]
+        self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, str(status))] + [
             RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()] + [
             RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
         for name, path in artifacts.items():
@@ -243,7 +212,7 @@ class Tracker:
         for path in files:
             if path.is_file():
                 self.client.log_artifact(run_id, str(path))
-        self.client.set_terminated(run_id, status=_MLFLOW_STATUS.get(status, "FAILED"))
+        self.client.set_terminated(run_id, status=MLFLOW_RUN_STATUS.get(status, "FAILED"))
 
 
 # Checkpoints above this size are linked (tag with their storage path), not copied.
@@ -257,17 +226,13 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
         key = f"{prefix}{'task' if k == 'tasks' and not prefix else k}"
         if isinstance(v, dict):
             out.update(_flatten(v, key + "/"))
-        elif _finite(v):
+        elif is_finite(v):
             out[key] = float(v)
     return out
 
 
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _param_text(v) -> str:

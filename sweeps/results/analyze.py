@@ -1,7 +1,7 @@
 """`rewarm analyze`: downstream task performance vs pre-training loss over a whole sweep.
 
 Every (trial, eval point) where tasks were scored gives one point (L_down, L_up, task metrics);
-for each task and metric it fits performance as a function of L_down (`sweeps/loss_perspective.py`)
+for each task and metric it fits performance as a function of L_down (`sweeps/results/loss_perspective.py`)
 and reports the Spearman correlation, the threshold (the L_down below which the task leaves
 chance, with a bootstrap interval over trials), and how well loss alone predicts the metric on
 held-out trials of other LRs and replay ratios. Reads MLflow only (no Ray), and logs the table
@@ -15,9 +15,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from sweeps import loss_perspective as lp
-from sweeps.best import load_sweep
-from sweeps.tracking import TASK_PREFIX
+from search_spaces.knobs import Knob
+from sweeps.results import loss_perspective as lp
+from sweeps.tracking.records import load_sweep
+from trainers.report_point import TASK_PREFIX
 from trainers.tasks import TASK_METRICS
 
 ANALYSIS_FILE = "analysis.json"
@@ -36,8 +37,8 @@ def collect_points(client, sweep: str, experiment: str | None = None) -> tuple:
                 by_step[m.step][key.removeprefix("eval/")] = m.value
         for step, values in sorted(by_step.items()):
             if any(k.startswith(TASK_PREFIX) for k in values) and "L_down" in values:
-                points.append({"trial_id": trial["trial_id"], "step": step, "max_lr": trial.get("max_lr"),
-                               "replay_ratio": trial.get("replay_ratio"), "status": trial["status"], **values})
+                points.append({"trial_id": trial["trial_id"], "step": step, Knob.MAX_LR.value: trial.get(Knob.MAX_LR),
+                               Knob.REPLAY_RATIO.value: trial.get(Knob.REPLAY_RATIO), "status": trial["status"], **values})
     return parent, trials, points
 
 

@@ -1,8 +1,13 @@
 """The sweep spec: one YAML file describes a sweep, and a run is a sweep with every knob fixed.
 
 Every model has `extra="forbid"`, so a misspelt key is an error naming it, and every
-field documents itself. `load_spec` turns any problem (unreadable file, bad YAML, wrong
-value) into `SpecError` with a one-line message that names the field.
+field documents itself. Sections embed their components' own configs instead of copying
+their fields (torchtitan's config-next-to-component): `training` is a
+`trainers.schedules.ScheduleShape`, `training.optimizer` a `trainers.config.OptimizerConfig`,
+`scheduler` a `sweeps.decisions.stop_rule.StopRuleSettings`, `objective` a
+`trainers.objective.ObjectiveConfig`, `toy_world` a `trainers.toyworld.ToyWorldConfig`.
+Sizes in steps are derived in one place (`sweeps/config/cadence.py`). Loading a file, with
+overrides, is `sweeps/config/loading.py`.
 """
 
 from __future__ import annotations
@@ -12,14 +17,19 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import search_spaces
+from search_spaces.knobs import KNOBS
 from search_spaces.params import Fixed, coerce_param
+from sweeps.config.cadence import Cadence, trial_cadence
+from sweeps.config.layout import DEFAULT_STORAGE_PATH
+from sweeps.decisions.stop_rule import StopRuleSettings
+from sweeps.tracking.store import default_tracking_uri
 from trainers.config import OptimizerConfig
 from trainers.data import DataSource
 from trainers.objective import ObjectiveConfig
+from trainers.schedules import ScheduleShape
 from trainers.toyworld import TOY, TOY_DATA_PREFIX, ToyWorldConfig
 
 # Pre-training max LR of known base models (Pythia paper, table 7), used to scale paper
@@ -28,10 +38,6 @@ KNOWN_PRETRAIN_LR = {
     "pythia-14m": 1e-3, "pythia-31m": 1e-3, "pythia-70m": 1e-3, "pythia-160m": 6e-4, "pythia-410m": 3e-4,
     "pythia-1b": 3e-4, "pythia-1.4b": 2e-4, "pythia-2.8b": 1.6e-4, "pythia-6.9b": 1.2e-4, "pythia-12b": 1.2e-4,
 }
-
-
-class SpecError(ValueError):
-    """A spec problem, phrased for the user: `field: what is wrong`."""
 
 
 def _identifier(v: str, max_len: int, names: str) -> str:
@@ -87,16 +93,13 @@ class TaskSpec(_Spec):
         return v
 
 
-class TrainingSpec(_Spec):
-    """Training settings shared by every trial."""
+class TrainingSpec(ScheduleShape):
+    """Training settings shared by every trial (with the LR schedule's shape after warmup)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step over all workers.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward on one worker.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of max LR (cosine decays to 0.1x in the papers).")
-    constant_lr_ratio: float = Field(0.5, gt=0, le=1, description="infinite schedule: constant-phase LR as a share of max LR.")
-    cooldown_frac: float = Field(0.2, ge=0, le=1, description="infinite schedule: share of steps of the cooldown.")
-    anneal_frac: float = Field(0.1, ge=0, le=1, description="infinite schedule: share of steps of the final anneal.")
-    decay_frac: float = Field(0.2, ge=0, le=1, description="wsd schedule: share of steps of the final decay.")
     optimizer: OptimizerConfig = Field(OptimizerConfig(), description="AdamW settings.")
     eval_every_tokens: int = Field(16384, ge=1, description="Tokens between evaluations and reports (rounded to whole steps).")
     eval_batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
@@ -123,9 +126,9 @@ class SearchSpaceSpec(_Spec):
     def _shorthand(cls, v):
         if not isinstance(v, dict):
             raise ValueError("must be a mapping of knob -> value or distribution")
-        unknown = [k for k in v if k not in search_spaces.KNOBS]
+        unknown = [k for k in v if k not in KNOBS]
         if unknown:
-            raise ValueError(f"unknown knob(s) {unknown}; knobs are {list(search_spaces.KNOBS)}")
+            raise ValueError(f"unknown knob(s) {unknown}; knobs are {list(KNOBS)}")
         return {k: coerce_param(p) for k, p in v.items()}
 
 
@@ -137,20 +140,17 @@ class BudgetSpec(_Spec):
     tokens_per_trial: int = Field(262144, ge=1, description="Training tokens of a trial that is not stopped early (sets the schedule length).")
 
 
-class SchedulerSpec(_Spec):
-    """Early stopping of bad schedules."""
+class SchedulerSpec(StopRuleSettings):
+    """Early stopping of bad schedules (with the schedule-aware stopper's own settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     kind: Literal["rewarm", "asha", "none"] = Field("rewarm", description=(
         "'rewarm': schedule-aware stopping (per-trial warmup + recovery grace, smoothed objective at equal tokens, "
-        "forecast of the final objective, divergence at once; sweeps/stopper.py); 'asha': Ray Tune's ASHA on tokens "
-        "with one grace for all trials; 'none': every trial runs its full budget."))
+        "forecast of the final objective, divergence at once; sweeps/decisions/stop_rule.py); 'asha': Ray Tune's "
+        "ASHA on tokens with one grace for all trials; 'none': every trial runs its full budget."))
     grace_tokens: int | None = Field(None, ge=1, description="'asha' only: no stop before this many tokens; default: longest warmup + recovery window.")
     recovery_frac: float = Field(0.1, ge=0, le=1, description="Recovery window after warmup, as a share of the trial's tokens.")
-    reduction_factor: int = Field(3, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
-    smoothing: float = Field(0.5, gt=0, le=1, description="'rewarm' only: EMA weight of the newest objective (1 = no smoothing).")
-    forecast: bool = Field(True, description="'rewarm' only: stop trials whose forecast final objective is dominated.")
-    forecast_min_trials: int = Field(3, ge=3, description="'rewarm' only: finished trials needed before forecasting.")
-    forecast_margin_sd: float = Field(1.0, ge=0, description="'rewarm' only: stop if forecast + this many prediction sd < best final.")
 
 
 class ResourcesSpec(_Spec):
@@ -187,7 +187,7 @@ class SweepSpec(_Spec):
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Workers and devices per trial.")
     tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow.")
     tasks: list[TaskSpec] = Field(default_factory=list, description="Downstream multiple-choice tasks to score during training.")
-    storage_path: str = Field("rewarm_runs", description="Checkpoints and Ray results: a path every Ray node mounts (relative paths are under the working directory).")
+    storage_path: str = Field(DEFAULT_STORAGE_PATH, description="Checkpoints and Ray results: a path every Ray node mounts (relative paths are under the working directory).")
 
     @field_validator("storage_path")
     @classmethod
@@ -239,13 +239,17 @@ class SweepSpec(_Spec):
     def uses_toy_model(self) -> bool:
         return self.model.name_or_path == TOY
 
+    def cadence(self) -> Cadence:
+        """Steps, tokens and intervals of every trial (sweeps/config/cadence.py)."""
+        return trial_cadence(self)
+
     @property
     def tokens_per_step(self) -> int:
-        return self.training.global_batch_size * self.data.seq_len
+        return self.cadence().tokens_per_step
 
     @property
     def steps_per_trial(self) -> int:
-        return self.budget.tokens_per_trial // self.tokens_per_step
+        return self.cadence().total_steps
 
     def pretrain_lr(self) -> float:
         if self.model.pretrain_max_lr is not None:
@@ -271,69 +275,7 @@ class SweepSpec(_Spec):
 
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else the spec's URI, else an absolute SQLite file in the cwd."""
-        return (os.environ.get("MLFLOW_TRACKING_URI") or self.tracking.uri
-                or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
+        return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.tracking.uri)
 
     def storage_dir(self) -> str:
         return str(Path(self.storage_path).expanduser().resolve())
-
-
-# ---------------------------------------------------------------------- loading
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read, override and validate a spec; every failure is a one-line `SpecError`."""
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"spec file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"spec file {path}: invalid YAML{where} ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"spec file {path}: expected a mapping of sections at the top level")
-    for item in overrides or []:
-        apply_override(raw, item)
-    return validate_spec(raw, source=str(path))
-
-
-def validate_spec(raw: dict, source: str = "spec") -> SweepSpec:
-    try:
-        return SweepSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see `rewarm validate --help`)"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """`knob=value` sets a search-space knob; `a.b.c=value` sets any spec field."""
-    if "=" not in item:
-        raise SpecError(f"--set {item!r}: expected key=value")
-    key, value_text = item.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(value_text)
-    except yaml.YAMLError:
-        value = value_text
-    if key in search_spaces.KNOBS:
-        raw.setdefault("search_space", {}).setdefault("params", {})[key] = value
-        return
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value

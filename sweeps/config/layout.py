@@ -1,0 +1,26 @@
+"""The on-disk layout of a sweep directory (`<storage_path>/<sweep name>`).
+
+    spec.yaml            the validated spec the sweep was started with (`rewarm resume` reads it)
+    trials/<trial id>/   each trial's run dir (trainers/run_dir.py)
+    stopper_state.pkl    the schedule-aware stopper's state (Tune does not checkpoint schedulers)
+    driver_timings.json  the driver's per-trial timestamps and MLflow time (overhead benchmark)
+    ...                  and Tune's own experiment state, which only Tune reads (Tuner.can_restore)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPEC_FILE = "spec.yaml"
+TRIALS_DIR = "trials"
+STOPPER_STATE_FILE = "stopper_state.pkl"
+DRIVER_TIMINGS_FILE = "driver_timings.json"
+DEFAULT_STORAGE_PATH = "rewarm_runs"
+
+
+def sweep_dir(storage_dir: str | Path, name: str) -> Path:
+    return Path(storage_dir) / name
+
+
+def trials_dir(sweep: Path) -> Path:
+    return Path(sweep) / TRIALS_DIR

@@ -1,0 +1,156 @@
+"""The sweep driver's Tune callback: Tune's trial events into MLflow, and live progress lines.
+
+The MLflow side (outage-tolerant, from the trials' run dirs) is `sweeps/tracking/trial_sync.py`;
+this module turns Tune's hooks into its calls, picks each ended trial's artifacts, and prints
+one line per trial start and end.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from search_spaces.knobs import KNOBS, knob_values
+from sweeps.decisions.stop_rule import STOP
+from sweeps.tracking.records import trial_record, trial_summary
+from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus, trial_status
+from sweeps.tracking.tracker import Tracker
+from sweeps.tracking.trial_sync import TrialSync
+from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog, list_checkpoints
+
+
+def stop_tags(decisions_file: Path) -> dict[str, str]:
+    """The schedule-aware stopper's verdict on a trial, as MLflow tags (the full log is an artifact)."""
+    try:
+        decisions = CurveLog(decisions_file).read()
+    except ValueError:  # a line cut short by a killed driver: the artifact still has the rest
+        return {"rewarm.stopper.reason": "decision log unreadable (cut short)"}
+    if not decisions:
+        return {}
+    last = decisions[-1]
+    stops = [d for d in decisions if d["action"] == STOP]
+    verdict = stops[-1] if stops else last
+    return {"rewarm.stopper.decisions": str(len(decisions)), "rewarm.stopper.last_action": verdict["action"],
+            "rewarm.stopper.reason": f"at {verdict['tokens']} tokens: {verdict['reason']}"}
+
+
+def format_knobs(knobs: dict) -> str:
+    parts = []
+    for k in KNOBS:
+        v = knobs.get(k)
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+class SweepCallback(Callback):
+    def __init__(self, tracker: Tracker, spec, trials_root: str, params: dict, log=print):
+        self.trials_root, self.log = Path(trials_root), log
+        self.total = spec.budget.num_trials
+        self.sync = TrialSync(tracker, self.trials_root, params, spec.tracking.log_interval_s, log=log)
+        self._checkpoints: dict[str, str] = {}  # checkpoint paths Tune reported (Ray Train trials)
+        self._ended: dict[str, TrialStatus] = {}
+        self._best: tuple[float, str, dict] | None = None
+        self._timings: dict[str, dict] = {}  # per trial: driver-side timestamps (overhead benchmark)
+
+    def __getstate__(self):
+        return {**self.__dict__, "log": None}  # a log function may not pickle
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log = self.log or print
+
+    def bind(self, tracker: Tracker, log) -> None:
+        """Give a callback restored by Tuner.restore this driver's tracker and log."""
+        self.sync.tracker, self.sync.log, self.log = tracker, log, log
+
+    @property
+    def timings(self) -> dict[str, dict]:
+        """Per trial: start, each result's report and arrival times, end, and MLflow seconds (log_s)."""
+        return {t: {**entry, "log_s": self.sync.log_s.get(t, 0.0)} for t, entry in self._timings.items()}
+
+    def _trial_timings(self, trial_id: str, start: float | None = None) -> dict:
+        entry = self._timings.setdefault(trial_id, {"results": []})
+        if start is not None:
+            entry.setdefault("start", start)
+        return entry
+
+    # ------------------------------------------------------------------ Tune hooks
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._trial_timings(trial.trial_id, start=time.time())
+        self.sync.start(trial.trial_id, knob_values(trial.config))
+        self.log(f"[rewarm] trial {trial.trial_id} started: {format_knobs(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        seen = time.time()
+        self._trial_timings(trial.trial_id, start=seen)["results"].append(
+            {"step": result.get("step"), "reported": result.get("time/report"), "seen": seen})
+        if result.get("checkpoint_path"):
+            self._checkpoints[trial.trial_id] = result["checkpoint_path"]
+        self.sync.sync_if_due(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # The trial's own last report (on disk) is authoritative: Tune's last_result can
+        # miss the final report when the trainable returns right after making it.
+        final = self.sync.last_report(trial.trial_id) or dict(trial.last_result or {})
+        self._finish(trial, trial_status(final), trials, final)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        final = self.sync.last_report(trial.trial_id) or dict(trial.last_result or {})
+        self._finish(trial, TrialStatus.FAILED, trials, final)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.sync.has_pending:
+            self.sync.flush_finished()
+
+    # ------------------------------------------------------------------ ending a trial
+
+    def _finish(self, trial, status: TrialStatus, trials, final: dict) -> None:
+        trial_id = trial.trial_id
+        self._trial_timings(trial_id)["end"] = time.time()
+        self.sync.knobs.setdefault(trial_id, knob_values(trial.config))
+        decisions_file = self.trials_root / trial_id / DECISIONS_FILE
+        self.sync.finish(trial_id, status, final, self._artifacts(trial_id), files=[decisions_file],
+                         tags=stop_tags(decisions_file))
+        self._ended[trial_id] = status
+        if status == TrialStatus.COMPLETED and "objective" in final:
+            if self._best is None or final["objective"] > self._best[0]:
+                self._best = (final["objective"], trial_id, trial.config)
+        self.log(self._progress_line(trial_id, status, trials, final))
+
+    def _artifacts(self, trial_id: str) -> dict[str, Path]:
+        """The trial's final checkpoint and best model, where they exist."""
+        artifacts = {}
+        on_disk = list_checkpoints(self.trials_root / trial_id)
+        if on_disk:  # named by time: the last is the final checkpoint
+            artifacts["final"] = on_disk[-1]
+        elif trial_id in self._checkpoints:
+            artifacts["final"] = Path(self._checkpoints[trial_id])
+        best_dir = self.trials_root / trial_id / BEST_MODEL_DIR
+        if best_dir.exists():
+            artifacts["best"] = best_dir
+        return artifacts
+
+    def _progress_line(self, trial_id: str, status: TrialStatus, trials, final: dict) -> str:
+        counts = {s: list(self._ended.values()).count(s) for s in ENDED_STATUSES}
+        running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in self._ended)
+        line = (f"[rewarm] trial {trial_id} {status} at {final.get('tokens', 0)} tokens"
+                + (f", objective {final['objective']:+.4f}" if "objective" in final else "")
+                + f" | {len(self._ended)}/{self.total} ended ({counts[TrialStatus.COMPLETED]} completed, "
+                  f"{counts[TrialStatus.EARLY_STOPPED]} stopped early, {counts[TrialStatus.DIVERGED]} diverged, "
+                  f"{counts[TrialStatus.FAILED]} failed), {running} running")
+        if self._best:
+            line += f" | best {self._best[0]:+.4f} ({self._best[1]}: {format_knobs(self._best[2])})"
+        return line
+
+    # ------------------------------------------------------------------ end of the sweep
+
+    def flush(self, timeout_s: float) -> list[str]:
+        """Keep retrying MLflow until every trial is logged or time runs out; the unlogged ids."""
+        return self.sync.flush(timeout_s)
+
+    def summaries(self) -> list[dict]:
+        """Every trial of the sweep as MLflow records it (authoritative across resumes)."""
+        return [trial_summary(trial_record(run)) for run in self.sync.tracker.child_runs()]

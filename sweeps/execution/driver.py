@@ -1,0 +1,185 @@
+"""`rewarm sweep` / `rewarm resume`: Ray Tune + Optuna over the knobs, one trial per point.
+
+The driver checks everything it can first (tracking server, storage, cluster), resolves the
+spec once (model and data prepared, base reference measured: sweeps/config/resolve.py),
+opens the sweep's MLflow parent run, and hands Tune the trial function (trial.py), the
+searcher (search.py), the scheduler (schedulers.py) and the callback that logs MLflow
+(callback.py). A resumed sweep restores Tune's experiment state, so the searcher's history,
+the trials and their MLflow runs all continue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sweeps.config.cadence import asha_grace_tokens
+from sweeps.config.layout import DRIVER_TIMINGS_FILE, SPEC_FILE, sweep_dir, trials_dir
+from sweeps.config.resolve import resolve
+from sweeps.config.spec import SweepSpec
+from sweeps.execution import preflight
+from sweeps.execution.callback import SweepCallback
+from sweeps.execution.cluster import init_ray
+from sweeps.execution.schedulers import DivergenceStopper, make_scheduler
+from sweeps.execution.search import make_searcher
+from sweeps.execution.trial import in_process, run_trial, trial_resources
+from sweeps.settings import apply_process_settings
+from sweeps.tracking.statuses import SweepStatus, TrialStatus
+from sweeps.tracking.store import check_reachable, is_outage
+from sweeps.tracking.tracker import Tracker
+from trainers import ray_compat
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    parent_run_id: str
+    trials: list[dict]  # one summary per trial: id, knobs, status, final metrics (tracking/records.py)
+
+    def best(self) -> dict | None:
+        done = [t for t in self.trials if t["status"] == TrialStatus.COMPLETED and "objective" in t["metrics"]]
+        return max(done, key=lambda t: t["metrics"]["objective"]) if done else None
+
+
+def sweep_dir_for(spec: SweepSpec) -> Path:
+    return sweep_dir(spec.storage_dir(), spec.name)
+
+
+def max_concurrent(spec: SweepSpec, cluster: dict) -> int:
+    """Trials at once: the spec's cap, and what the cluster's CPUs (and GPUs) can hold."""
+    per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
+    fit = max(1, int(cluster.get("CPU", 1) // per_trial))
+    if spec.resources.gpus_per_worker:
+        fit = min(fit, max(1, int(cluster.get("GPU", 0) // (spec.resources.workers_per_trial * spec.resources.gpus_per_worker))))
+    return min(spec.budget.max_concurrent, fit)
+
+
+def flat_params(spec: SweepSpec) -> dict:
+    """Fixed settings of every trial, flattened for MLflow params."""
+    raw = spec.model_dump(mode="json", exclude={"search_space", "tracking", "name"})
+
+    def walk(prefix, node, out):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v, out)
+            else:
+                out[key] = v
+        return out
+
+    return walk("", raw, {})
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, log=print) -> SweepOutcome:
+    from ray import tune
+
+    apply_process_settings()
+    params = spec.knob_params()
+    uri = spec.tracking_uri()
+    check_reachable(uri)
+    directory = sweep_dir_for(spec)
+    if not resume:
+        preflight.check_new_sweep(spec, directory)
+    preflight.check_storage_writable(str(directory.parent))
+    tracker = Tracker(uri, spec.tracking.experiment, spec.name)
+    resolved = resolve(spec, log=log)
+    cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
+    preflight.check_cluster_fits(spec, cluster)
+    if not in_process(spec):
+        preflight.check_trial_slots(cluster)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    (directory / SPEC_FILE).write_text(spec_yaml)
+
+    parent = tracker.start_parent(
+        spec_yaml, flat_params(spec), resolved.base_reference.model_dump(),
+        {k: p.describe() for k, p in params.items()}, resume=resume)
+    concurrency = max_concurrent(spec, cluster)
+    callback = SweepCallback(tracker, spec, str(trials_dir(directory)), flat_params(spec), log=log)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(directory)), trial_resources(spec))
+    log(f"[rewarm] sweep {spec.name}: {spec.budget.num_trials} trials x {spec.budget.tokens_per_trial} tokens, "
+        f"{concurrency} at a time, {spec.objective.kind} objective, scheduler {spec.scheduler.kind}"
+        + (f" (grace {asha_grace_tokens(spec, params)} tokens)" if spec.scheduler.kind == "asha" else ""))
+    log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
+        f" | MLflow {uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
+    ray_compat.serialize_state_uploads()  # Tune's state saves must not race their uploads
+    # A retried or resumed trial reports its steps again from its checkpoint; Optuna keeps the
+    # first value of each step and warns once per step. Expected, so not shown to the user.
+    warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=\d+` is already reported")
+    t0 = time.time()
+    status = SweepStatus.FAILED
+    try:
+        if resume and tune.Tuner.can_restore(str(directory)):
+            tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
+            callback = adopt_restored_callback(tuner, callback)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(spec, params),
+                    scheduler=make_scheduler(spec, params, str(trials_dir(directory))),
+                    num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency,
+                    # A finished trial's process (torch and transformers imported, ~3 s) starts
+                    # the next trial; the loop seeds every RNG itself, so nothing carries over.
+                    reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(directory.parent), callbacks=[callback], verbose=0,
+                    # The schedule-aware stopper stops divergence itself (and logs why).
+                    stop=None if spec.scheduler.kind == "rewarm" else DivergenceStopper(),
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
+            )
+        grid = tuner.fit()
+        status = SweepStatus.COMPLETED
+    except KeyboardInterrupt:
+        status = SweepStatus.INTERRUPTED
+        raise
+    finally:
+        (directory / DRIVER_TIMINGS_FILE).write_text(json.dumps(callback.timings))
+        unlogged = callback.flush(spec.tracking.flush_timeout_s)
+        if unlogged:
+            log(f"[rewarm] MLflow still unavailable after {spec.tracking.flush_timeout_s:.0f} s: trials {unlogged} "
+                f"are not fully logged; their full curves are on disk in {trials_dir(directory)}/<trial>/")
+            status = SweepStatus.INCOMPLETE_TRACKING if status == SweepStatus.COMPLETED else status
+        trials = close_sweep(tracker, callback, status, time.time() - t0, directory, log)
+    if grid.errors and not trials:
+        raise RuntimeError(f"all trials failed; first error: {grid.errors[0]}")
+    return SweepOutcome(sweep_dir=directory, parent_run_id=parent, trials=trials)
+
+
+def close_sweep(tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float, directory: Path,
+                log) -> list[dict]:
+    """Close the parent run with every trial's summary; the summaries ([] if MLflow is down)."""
+    try:
+        if status == SweepStatus.COMPLETED:
+            # A trial started just before a killed driver's last state save is unknown to the
+            # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
+            tracker.close_orphans()
+        trials = callback.summaries()
+        tracker.finish_parent(status, {"trials": trials, "wall_s": wall_s})
+        return trials
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # Tracking down at the very end: say so, lose nothing (the sweep dir has it all).
+        log(f"[rewarm] could not close the sweep's MLflow run ({type(exc).__name__}); results are in {directory}")
+        return []
+
+
+def adopt_restored_callback(tuner, fresh: SweepCallback) -> SweepCallback:
+    """The SweepCallback a restored Tuner will call, bound to this driver's tracker and log.
+
+    Tuner.restore brings back the callback pickled with the sweep's run config, not `fresh`;
+    the end-of-sweep flush must go through the one Tune fed with trial events. Where Ray's
+    private accessor moved (ray_compat), `fresh` still closes the sweep from MLflow's records.
+    """
+    restored = next((cb for cb in ray_compat.restored_callbacks(tuner) or [] if type(cb) is type(fresh)), None)
+    if restored is None:
+        return fresh
+    restored.bind(fresh.sync.tracker, fresh.log)
+    return restored

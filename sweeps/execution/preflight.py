@@ -1,0 +1,55 @@
+"""Checks made before anything trains: each fails with one line that names the field and the fix.
+
+A sweep or run that cannot succeed (a cluster too small, storage that cannot be written, a
+name already taken) must say so before the base model is loaded or a trial is scheduled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sweeps.config.loading import SpecError
+from sweeps.config.spec import SweepSpec
+from sweeps.execution.cluster import TRIAL_SLOT
+
+
+def check_cluster_fits(spec: SweepSpec, resources: dict) -> None:
+    """One trial's workers fit on the cluster's CPUs and GPUs."""
+    res = spec.resources
+    need_cpu = res.workers_per_trial * res.cpus_per_worker
+    need_gpu = res.workers_per_trial * res.gpus_per_worker
+    if need_cpu > resources.get("CPU", 0) or need_gpu > resources.get("GPU", 0):
+        raise SpecError(
+            f"resources: a trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+            f"({res.workers_per_trial} workers) but the Ray cluster has {resources.get('CPU', 0):g} CPUs and "
+            f"{resources.get('GPU', 0):g} GPUs; lower resources.workers_per_trial or cpus/gpus_per_worker")
+
+
+def check_trial_slots(resources: dict) -> None:
+    """A Ray Train trial's driver holds a trial slot; the cluster must offer them."""
+    if resources.get(TRIAL_SLOT, 0) < 1:
+        raise SpecError(f"resources: the Ray cluster has no {TRIAL_SLOT!r} resource for trial drivers; "
+                        f"start its head node with --resources='{{\"{TRIAL_SLOT}\": 64}}'")
+
+
+def check_storage_writable(storage: str) -> None:
+    """The storage path exists (or can be made) and takes a file."""
+    if "://" in storage:
+        return
+    path = Path(storage)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".rewarm-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"storage_path: {storage} is not writable ({exc.strerror})") from None
+
+
+def check_new_sweep(spec: SweepSpec, sweep_dir: Path) -> None:
+    """A new sweep must not reuse the directory of an existing one (that is `rewarm resume`)."""
+    from ray import tune
+
+    if sweep_dir.exists() and tune.Tuner.can_restore(str(sweep_dir)):
+        raise SpecError(f"name: sweep {spec.name!r} already exists in {sweep_dir}; "
+                        f"continue it with `rewarm resume {spec.name}` or choose another name")

@@ -1,0 +1,53 @@
+"""Process settings Rewarm runs with, applied by one explicit call (never at import).
+
+`apply_process_settings()` is called first thing by the CLI (`sweeps/cli.py: main`) and by
+the library entry points (`run_sweep`, `run_single`), so every command gets them, `rewarm
+best` included (its MLflow timeouts). A value the user set in the environment wins. On an
+existing Ray cluster, `cluster_env_vars()` sends them to every task and actor of the sweep
+through the job's runtime_env: Train controllers and workers run in processes that never
+saw this driver's environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from trainers import ray_compat
+
+PROCESS_SETTINGS = {
+    # Ray Train V2 polls workers at this interval and a worker's report blocks until polled;
+    # the 2 s default caps every trial at one report per 2 s (docs/ARCHITECTURE.md, measured).
+    ray_compat.TRAIN_HEALTH_CHECK_INTERVAL_ENV: "0.1",
+    # Train V2 is the default in Ray 2.60; say so explicitly so an older default cannot flip it.
+    ray_compat.TRAIN_V2_ENABLED_ENV: "1",
+    # Save Tune's experiment state (trials, searcher) at every controller step instead of every
+    # >= 10 s: a driver killed between two saves would otherwise restart recent trials under new
+    # ids on `rewarm resume`. The state of a sweep of tens of trials is small (and
+    # ray_compat.serialize_state_uploads keeps the saves from racing their uploads).
+    ray_compat.TUNE_STATE_SAVE_PERIOD_ENV: "0",
+    # A tracking-server outage must not stall the sweep driver for minutes per call: fail fast
+    # and let the driver retry later (it keeps curves on disk until they are logged).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # Uploading a checkpoint artifact must not draw a progress bar into the sweep's output.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
+    ray_compat.TUNE_NEW_OUTPUT_ENV: "0",
+}
+
+
+def apply_process_settings() -> None:
+    """Set every setting this process does not have yet (idempotent)."""
+    for key, value in PROCESS_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
+def cluster_env_vars() -> dict[str, str]:
+    """The settings, as this process has them (else their defaults), for the sweep's job on a cluster.
+
+    Keys that a submitted job's runtime_env already sets are left to it: Ray refuses to merge
+    two runtime_envs that set the same variable, and the job's value is what this process
+    already has.
+    """
+    job_env = ray_compat.submitted_job_env_vars()
+    return {key: os.environ.get(key, value) for key, value in PROCESS_SETTINGS.items() if key not in job_env}

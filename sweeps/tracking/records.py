@@ -1,0 +1,64 @@
+"""Reading a sweep back from MLflow: its parent run and one flat record per trial."""
+
+from __future__ import annotations
+
+import json
+
+from search_spaces.knobs import KNOBS
+from sweeps.tracking.tracker import (FINAL_METRICS, KIND_TAG, KNOB_PARAM_PREFIX, STATUS_TAG, SWEEP_KIND, SWEEP_TAG,
+                                     TRIAL_TAG)
+from trainers.errors import UserError
+
+UNKNOWN_STATUS = "unknown"  # a run without a status tag (not written by Rewarm)
+
+
+class SweepNotFound(UserError, ValueError):
+    """No sweep (or experiment) of that name in the tracking store."""
+
+
+def load_sweep(client, sweep: str, experiment: str | None = None):
+    """(parent run, [trial records]) of the newest sweep with that name."""
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise SweepNotFound(f"experiment {experiment!r} does not exist in the tracking store")
+        experiment_ids = [exp.experiment_id]
+    else:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(
+        experiment_ids, filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'",
+        order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+    if not parents:
+        raise SweepNotFound(f"sweep {sweep!r} not found in the tracking store")
+    parent = parents[0]
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=10000)
+    return parent, [trial_record(r) for r in children]
+
+
+def trial_record(run) -> dict:
+    """A trial run as one flat dict: trial_id, run_id, status, its knobs and its final metrics."""
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    rec = {"trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id, "status": tags.get(STATUS_TAG, UNKNOWN_STATUS)}
+    for k, v in params.items():
+        if k.startswith(KNOB_PARAM_PREFIX):
+            rec[k.removeprefix(KNOB_PARAM_PREFIX)] = _value(v)
+    for k in FINAL_METRICS:
+        if f"final/{k}" in metrics:
+            rec[k] = metrics[f"final/{k}"]
+    return rec
+
+
+def trial_summary(record: dict) -> dict:
+    """A trial record split into what identifies it, its knobs and its final metrics."""
+    return {"trial_id": record["trial_id"], "run_id": record["run_id"], "status": record["status"],
+            "knobs": {k: record[k] for k in KNOBS if k in record},
+            "metrics": {k: record[k] for k in FINAL_METRICS if k in record}}
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,56 @@
+"""What became of a trial and of a sweep: the values of the `rewarm.status` tag.
+
+A trial's status is derived from its run's own last report point (trainers/report_point.py:
+RunStatus) and from how Tune ended it; `trial_status` is that rule, in one place.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from trainers.report_point import ReportPoint, RunStatus
+
+
+class TrialStatus(StrEnum):
+    """A trial's status in MLflow (tag `rewarm.status` of its run)."""
+
+    RUNNING = "running"  # in progress, or its driver died and `rewarm resume` will continue it
+    COMPLETED = "completed"  # trained its whole token budget
+    EARLY_STOPPED = "early_stopped"  # ended by the scheduler before its budget (a bad schedule)
+    DIVERGED = "diverged"  # its loss blew up (non-finite or runaway)
+    FAILED = "failed"  # its process kept failing after every retry
+    INTERRUPTED = "interrupted"  # running when its sweep ended, never to continue (never ranked)
+
+
+# The statuses a trial ends with inside a sweep (INTERRUPTED is given after the sweep ends).
+ENDED_STATUSES = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.DIVERGED, TrialStatus.FAILED)
+
+
+class SweepStatus(StrEnum):
+    """A sweep's status in MLflow (tag `rewarm.status` of its parent run)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"  # every trial ended and is fully logged
+    INCOMPLETE_TRACKING = "incomplete_tracking"  # trials ended; some are not fully in MLflow (on disk)
+    FAILED = "failed"  # the driver itself failed
+    INTERRUPTED = "interrupted"  # stopped by the user (Ctrl-C); `rewarm resume` continues it
+
+
+# MLflow's own run status for each of ours.
+MLFLOW_RUN_STATUS = {
+    TrialStatus.RUNNING: "RUNNING", TrialStatus.COMPLETED: "FINISHED", TrialStatus.EARLY_STOPPED: "FINISHED",
+    TrialStatus.DIVERGED: "FAILED", TrialStatus.FAILED: "FAILED", TrialStatus.INTERRUPTED: "KILLED",
+    SweepStatus.INCOMPLETE_TRACKING: "FAILED",
+}
+
+
+def trial_status(last_report: dict | None, errored: bool = False) -> TrialStatus:
+    """What became of a trial that ended, from its last report point."""
+    if errored:
+        return TrialStatus.FAILED
+    status = ReportPoint.from_result(last_report).status if last_report else None
+    if status == RunStatus.DIVERGED:
+        return TrialStatus.DIVERGED
+    if status == RunStatus.COMPLETED:
+        return TrialStatus.COMPLETED
+    return TrialStatus.EARLY_STOPPED  # ended by the scheduler before its budget

@@ -1,0 +1,76 @@
+"""The tracking store: its URI, whether it answers, and which failures are an outage."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from trainers.errors import UserError
+
+
+class TrackingError(UserError, RuntimeError):
+    """The tracking server or store cannot be used; the message names the URI and cause."""
+
+
+def default_tracking_uri(explicit: str | None = None) -> str:
+    """`explicit`, else MLFLOW_TRACKING_URI, else an absolute SQLite file in the working directory."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite store, as an absolute file URI (workers change directory)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking.uri: MLflow server at {uri} answered HTTP {resp.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"tracking.uri: MLflow server at {uri} is unreachable ({reason}); "
+                            "start it or set MLFLOW_TRACKING_URI") from None
+
+
+def open_client(uri: str):
+    """A client for an existing store only: reading a sweep must never create or change a store."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.exists():
+            raise TrackingError(f"no MLflow store at {db} (set --tracking-uri or MLFLOW_TRACKING_URI)")
+    check_reachable(uri)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failed tracking call is the store being unavailable (ride it out and retry),
+    rather than a request the store refused (a bug, or bad input: let it raise).
+
+    Outages: the server unreachable, timing out or answering 5xx / 429 (the MLflow client turns
+    all of these into MlflowException with an HTTP status of 500 and up, or 429), the health
+    probe failing, a socket error, or a SQL store that is locked or gone.
+    """
+    if isinstance(exc, (TrackingError, OSError)):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    try:
+        from requests.exceptions import RequestException
+        from sqlalchemy.exc import OperationalError
+    except ImportError:  # pragma: no cover - both ship with mlflow
+        return False
+    return isinstance(exc, (RequestException, OperationalError))

@@ -1,0 +1,129 @@
+"""Every use of Ray beyond its public API, in one place (Ray 2.60, Train V2).
+
+Each name here is something Rewarm relies on that Ray does not promise to keep: an
+environment variable Ray reads, a naming scheme, a private class or attribute. Each has a
+canary in `tests/test_ray_compat.py` that fails, naming the item, on a Ray that moved it;
+`pyproject.toml` caps Ray below the next minor version for the same reason. Upgrading Ray
+means running those canaries and fixing what they name here, nowhere else.
+
+It sits in `trainers/` (the bottom layer) because both sides need it: workers name
+checkpoints as Ray Train does and record Ray settings; the sweep driver patches Tune.
+Ray itself is imported inside functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------- environment variables
+
+# Ray Train V2 polls workers at this interval, and a worker's report blocks until polled
+# (ray/train/v2/_internal/constants.py: HEALTH_CHECK_INTERVAL_S_ENV_VAR).
+TRAIN_HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_V2_ENABLED_ENV = "RAY_TRAIN_V2_ENABLED"  # (same file: V2_ENABLED_ENV_VAR)
+# Seconds between Tune's experiment-state saves (ray/tune/execution/tune_controller.py).
+TUNE_STATE_SAVE_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
+TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune's console reporter (ray/tune/experimental/output.py)
+# Set by Ray in the entrypoint of a `ray job submit`: the job's own runtime_env as JSON
+# (ray/_private/runtime_env/constants.py: RAY_JOB_CONFIG_JSON_ENV_VAR).
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# The State API server Ray's clients use before guessing one (ray/_private/ray_constants.py).
+API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def submitted_job_env_vars() -> dict[str, str]:
+    """The env_vars of the runtime_env of the `ray job submit` this process runs in ({} otherwise)."""
+    if JOB_CONFIG_ENV not in os.environ:
+        return {}
+    return (json.loads(os.environ[JOB_CONFIG_ENV]).get("runtime_env") or {}).get("env_vars") or {}
+
+
+# ---------------------------------------------------------------------- Ray Train checkpoints
+
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train V2 names a run's checkpoint dirs checkpoint_<local time>
+
+
+def checkpoint_dir_name() -> str:
+    """A new checkpoint directory name, exactly as Ray Train V2 makes them (names sort by age),
+    so that runs trained without a worker group leave the same layout as Train runs."""
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    return StorageContext.make_default_checkpoint_dir_name()
+
+
+# ---------------------------------------------------------------------- errors of Ray tasks
+
+
+def unwrap_task_error(exc: BaseException) -> BaseException | None:
+    """The exception a failed Ray task raised, from the RayTaskError the caller got (else None)."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        return exc.cause
+    return None
+
+
+# ---------------------------------------------------------------------- Tune internals
+
+
+def restored_callbacks(tuner) -> list | None:
+    """The callbacks a restored Tuner will call (unpickled from the sweep's run config).
+
+    Ray has no public accessor; None where the private one moved (the caller then goes on
+    without them and says nothing is lost: MLflow's own records close the sweep).
+    """
+    try:
+        return list(tuner._local_tuner.get_run_config().callbacks or [])
+    except AttributeError:
+        return None
+
+
+_UPLOADS_MARK = "_rewarm_serialized_uploads"
+
+
+def serialize_state_uploads() -> bool:
+    """Make each of Tune's experiment-state saves wait for the upload of the previous one.
+
+    Ray Tune 2.60 writes the experiment state (trial table, searcher and callback pickles, each
+    through a tmp file and a rename) into a local staging dir, then uploads the dir to
+    `storage_path` in a background thread. Rewarm saves at every controller step
+    (TUNE_GLOBAL_CHECKPOINT_S=0, sweeps/settings.py), so the next save could start while the
+    last upload still lists and copies the dir: the upload then trips over a tmp file renamed
+    away, prints a traceback (seen in CI), and leaves storage with a mix of old and new state
+    files, which a driver killed in that window would resume from. Uploading a few KB takes
+    milliseconds, so the controller barely waits. Installed once per process; returns whether
+    it is active (False, with a warning, on a Ray that moved the class).
+    """
+    try:
+        from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
+    except ImportError:
+        log.warning("Ray Tune moved _ExperimentCheckpointManager; state saves may race uploads")
+        return False
+    if getattr(manager, _UPLOADS_MARK, False):
+        return True
+    original = manager.sync_up_experiment_state
+
+    def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
+        def save_after_upload():
+            finish_upload_in_flight(self._storage.syncer)
+            save_fn()
+
+        return original(self, save_fn=save_after_upload, force=force, wait=wait)
+
+    manager.sync_up_experiment_state = sync_up_experiment_state
+    setattr(manager, _UPLOADS_MARK, True)
+    return True
+
+
+def finish_upload_in_flight(syncer) -> None:
+    """Wait for the syncer's running upload. A failed one is only noted: the upload that
+    follows this save copies the whole dir again, which is what Tune itself relies on."""
+    try:
+        syncer.wait()
+    except Exception as exc:  # noqa: BLE001 - any upload error; the next upload retries it
+        log.warning("an upload of the sweep's Tune state failed (%s: %s); retrying with the next save",
+                    type(exc).__name__, exc)
