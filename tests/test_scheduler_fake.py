@@ -7,7 +7,6 @@ import pytest
 from ray import tune
 
 from sweeps.execution.fake_trainable import fake_trainable
-from sweeps.config.cadence import asha_grace_tokens as grace_tokens
 from sweeps.execution.schedulers import DivergenceStopper, make_scheduler
 from tests.conftest import small_spec
 
@@ -55,7 +54,7 @@ def test_default_grace_covers_longest_warmup_plus_recovery():
     spec = small_spec(budget={"tokens_per_trial": 100 * 512},
                       search_space={"params": {"warmup_frac": {"type": "uniform", "low": 0.0, "high": 0.2}}},
                       scheduler={"recovery_frac": 0.1})
-    g = grace_tokens(spec, spec.knob_params())
+    g = spec.asha_grace_tokens(spec.knob_params())
     assert g >= 0.3 * 100 * 512 and g % EVAL == 0 and g - EVAL < 0.3 * 100 * 512
 
 

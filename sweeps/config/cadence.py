@@ -1,7 +1,7 @@
 """Every quantity derived from a spec's sizes, in one function: steps, tokens and intervals.
 
 A spec states sizes in tokens (they mean the same whatever the batch and sequence length);
-the loop counts steps. `trial_cadence` converts once, rounding each interval to whole steps
+the loop counts steps. `trial_cadence` converts once (a pure function of the sizes), rounding each interval to whole steps
 and task evals to whole eval intervals, and the loop, the schedulers and the driver all use
 its answer. Pure: tested against literal tables in tests/test_cadence.py.
 """
@@ -10,13 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from search_spaces.knobs import Knob
-from search_spaces.params import bounds
-
-if TYPE_CHECKING:
-    from sweeps.config.spec import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -41,32 +34,29 @@ class Cadence:
         return self.total_steps * self.tokens_per_step
 
 
-def trial_cadence(spec: "SweepSpec") -> Cadence:
-    """The cadence of every trial of `spec`."""
-    t = spec.training
-    per_step = t.global_batch_size * spec.data.seq_len
-    eval_every = max(1, round(t.eval_every_tokens / per_step))
+def trial_cadence(global_batch_size: int, seq_len: int, tokens_per_trial: int, eval_every_tokens: int,
+                  checkpoint_every_tokens: int, task_eval_every_tokens: int | None, recovery_frac: float) -> Cadence:
+    """The cadence of every trial of a spec, from the spec's sizes (`SweepSpec.cadence()` passes them)."""
+    per_step = global_batch_size * seq_len
+    eval_every = max(1, round(eval_every_tokens / per_step))
     return Cadence(
         tokens_per_step=per_step,
-        total_steps=spec.budget.tokens_per_trial // per_step,
+        total_steps=tokens_per_trial // per_step,
         eval_every=eval_every,
-        checkpoint_every=max(eval_every, round(t.checkpoint_every_tokens / per_step)),
-        task_eval_every=(None if t.task_eval_every_tokens is None
-                         else eval_every * max(1, round(t.task_eval_every_tokens / per_step / eval_every))),
-        recovery_tokens=round(spec.scheduler.recovery_frac * spec.budget.tokens_per_trial),
+        checkpoint_every=max(eval_every, round(checkpoint_every_tokens / per_step)),
+        task_eval_every=(None if task_eval_every_tokens is None
+                         else eval_every * max(1, round(task_eval_every_tokens / per_step / eval_every))),
+        recovery_tokens=round(recovery_frac * tokens_per_trial),
     )
 
 
-def asha_grace_tokens(spec: "SweepSpec", params: dict) -> int:
+def asha_grace_tokens(cadence: Cadence, max_warmup_frac: float, recovery_frac: float, tokens_per_trial: int) -> int:
     """ASHA's one grace for all trials: the longest warmup in the space plus the recovery
-    window, rounded up to a report point (or the spec's own `scheduler.grace_tokens`).
+    window, rounded up to a report point.
 
     A re-warmed trial's loss rises during and just after warmup (Gupta et al. 2023); judging
     it there kills exactly the high-LR trials that end best.
     """
-    if spec.scheduler.grace_tokens is not None:
-        return spec.scheduler.grace_tokens
-    max_warmup = (bounds(params[Knob.WARMUP_FRAC]) or (0.0, 0.0))[1]
-    tokens = (max_warmup + spec.scheduler.recovery_frac) * spec.budget.tokens_per_trial
-    every = trial_cadence(spec).eval_tokens
+    tokens = (max_warmup_frac + recovery_frac) * tokens_per_trial
+    every = cadence.eval_tokens
     return max(every, math.ceil(tokens / every) * every)

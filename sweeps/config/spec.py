@@ -20,9 +20,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import search_spaces
-from search_spaces.knobs import KNOBS
-from search_spaces.params import Fixed, coerce_param
-from sweeps.config.cadence import Cadence, trial_cadence
+from search_spaces.knobs import KNOBS, Knob
+from search_spaces.params import Fixed, bounds, coerce_param
+from sweeps.config.cadence import Cadence, asha_grace_tokens, trial_cadence
 from sweeps.config.layout import DEFAULT_STORAGE_PATH
 from sweeps.decisions.stop_rule import StopRuleSettings
 from sweeps.tracking.store import default_tracking_uri
@@ -241,7 +241,17 @@ class SweepSpec(_Spec):
 
     def cadence(self) -> Cadence:
         """Steps, tokens and intervals of every trial (sweeps/config/cadence.py)."""
-        return trial_cadence(self)
+        t = self.training
+        return trial_cadence(t.global_batch_size, self.data.seq_len, self.budget.tokens_per_trial,
+                             t.eval_every_tokens, t.checkpoint_every_tokens, t.task_eval_every_tokens,
+                             self.scheduler.recovery_frac)
+
+    def asha_grace_tokens(self, params: dict) -> int:
+        """ASHA's grace: `scheduler.grace_tokens`, else the longest warmup of the space + recovery."""
+        if self.scheduler.grace_tokens is not None:
+            return self.scheduler.grace_tokens
+        max_warmup = (bounds(params[Knob.WARMUP_FRAC]) or (0.0, 0.0))[1]
+        return asha_grace_tokens(self.cadence(), max_warmup, self.scheduler.recovery_frac, self.budget.tokens_per_trial)
 
     @property
     def tokens_per_step(self) -> int:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.config.cadence import asha_grace_tokens
 from sweeps.config.layout import DRIVER_TIMINGS_FILE, SPEC_FILE, sweep_dir, trials_dir
 from sweeps.config.resolve import resolve
 from sweeps.config.spec import SweepSpec
@@ -105,7 +104,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(directory)), trial_resources(spec))
     log(f"[rewarm] sweep {spec.name}: {spec.budget.num_trials} trials x {spec.budget.tokens_per_trial} tokens, "
         f"{concurrency} at a time, {spec.objective.kind} objective, scheduler {spec.scheduler.kind}"
-        + (f" (grace {asha_grace_tokens(spec, params)} tokens)" if spec.scheduler.kind == "asha" else ""))
+        + (f" (grace {spec.asha_grace_tokens(params)} tokens)" if spec.scheduler.kind == "asha" else ""))
     log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
         f" | MLflow {uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
     ray_compat.serialize_state_uploads()  # Tune's state saves must not race their uploads

@@ -12,7 +12,6 @@ from pathlib import Path
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from sweeps.config.cadence import asha_grace_tokens, trial_cadence
 from sweeps.config.layout import STOPPER_STATE_FILE
 from sweeps.config.spec import SweepSpec
 from sweeps.decisions.stop_rule import STOP, Decision, StopRule, StopRuleConfig
@@ -22,7 +21,7 @@ from trainers.run_dir import DECISIONS_FILE
 
 def stop_rule_config(spec: SweepSpec) -> StopRuleConfig:
     """The schedule-aware stopper's config: the spec's settings plus the token counts derived from it."""
-    c = trial_cadence(spec)
+    c = spec.cadence()
     return StopRuleConfig(**spec.scheduler.settings(), max_tokens=c.max_tokens, recovery_tokens=c.recovery_tokens,
                           min_grace_tokens=c.eval_tokens)
 
@@ -34,9 +33,9 @@ def make_scheduler(spec: SweepSpec, params: dict, decisions_root: str | None = N
         return ScheduleAwareScheduler(stop_rule_config(spec), decisions_root)
     # time_attr is our own token count: Tune's training_iteration double-counts after a
     # Train retry and restarts at 0 after Tuner.restore (docs/ARCHITECTURE.md).
-    max_t = trial_cadence(spec).max_tokens
+    max_t = spec.cadence().max_tokens
     return ASHAScheduler(time_attr="tokens", metric="objective", mode="max", max_t=max_t,
-                         grace_period=min(asha_grace_tokens(spec, params), max_t),  # grace >= budget: never stop
+                         grace_period=min(spec.asha_grace_tokens(params), max_t),  # grace >= budget: never stop
                          reduction_factor=spec.scheduler.reduction_factor)
 
 
