@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -124,7 +123,3 @@ def bounds(param) -> tuple[float, float] | None:
         return param.low, param.high
     nums = [v for v in param.values if isinstance(v, float)]
     return (min(nums), max(nums)) if nums else None
-
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, float) and math.isfinite(x)

@@ -65,7 +65,7 @@ def _version_tuple(text: str, width: int = 3) -> tuple[int, ...]:
 
 def _ray_minimum() -> str:
     for dep in _pyproject()["project"]["dependencies"]:
-        m = re.fullmatch(r"ray\[[^\]]*\]\s*>=\s*([\d.]+)", dep.strip())
+        m = re.fullmatch(r"ray\[[^\]]*\]\s*>=\s*([\d.]+)(\s*,\s*<\s*[\d.]+)?", dep.strip())
         if m:
             return m.group(1)
     raise AssertionError("pyproject.toml has no ray[...]>=X dependency")

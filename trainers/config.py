@@ -87,7 +87,7 @@ class TrialConfig(BaseModel):
         trajectory = self.model_dump(mode="json", exclude={"run_dir", "torch_threads", "tasks", "length_normalized"})
         trajectory["loop"].pop("stop_after_step")
         # Task scoring draws no randomness and changes no weights: which tasks are scored, and
-        # when, is not part of the trajectory (and checkpoints from before tasks existed resume).
+        # when, is not part of the trajectory.
         trajectory["loop"].pop("task_eval_every")
         if trajectory.get("base_reference"):
             trajectory["base_reference"].pop("tasks", None)

@@ -1,4 +1,4 @@
-"""Gain, forgetting and the objective a sweep maximises (DESIGN.md "Words").
+"""Gain, forgetting and the objective a sweep maximises (docs/ARCHITECTURE.md, "The words").
 
 gain       = L_down(base) - L_down(trial)    nats/token, > 0 means it learned
 forgetting = L_up(trial)  - L_up(base)       nats/token, > 0 means it forgot

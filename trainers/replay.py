@@ -2,7 +2,7 @@
 
 Every optimizer step takes `batch_size` sequences. After `n` steps exactly
 `round(n * batch_size * ratio)` of them came from upstream, so over any window of steps
-the realised upstream share matches the ratio to within one sequence (DESIGN.md). It is
+the realised upstream share matches the ratio to within one sequence (docs/ARCHITECTURE.md). It is
 compute-equivalent: replay displaces downstream sequences, the step size is unchanged.
 
 Each domain is read through its own stream of seeded epoch permutations, so which

@@ -29,7 +29,7 @@ def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 
     if address:
         ray.init(address=address, runtime_env={"env_vars": cluster_env_vars()}, **kwargs)
     else:
-        # Trial drivers ask for this custom resource instead of a CPU (DESIGN.md).
+        # Trial drivers ask for this custom resource instead of a CPU (docs/ARCHITECTURE.md).
         # address="local": always a new private cluster, even where a Ray node already runs on
         # this machine (joining one is what --address / RAY_ADDRESS are for). Its processes
         # inherit this process's environment, process settings included (sweeps/settings.py).

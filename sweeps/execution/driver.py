@@ -75,29 +75,17 @@ def flat_params(spec: SweepSpec) -> dict:
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, log=print) -> SweepOutcome:
+    """Run (or, with `resume`, continue) the sweep of `spec`; its trials' summaries from MLflow."""
     from ray import tune
 
     apply_process_settings()
-    params = spec.knob_params()
-    uri = spec.tracking_uri()
-    check_reachable(uri)
     directory = sweep_dir_for(spec)
-    if not resume:
-        preflight.check_new_sweep(spec, directory)
-    preflight.check_storage_writable(str(directory.parent))
-    tracker = Tracker(uri, spec.tracking.experiment, spec.name)
-    resolved = resolve(spec, log=log)
-    cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
-    preflight.check_cluster_fits(spec, cluster)
-    if not in_process(spec):
-        preflight.check_trial_slots(cluster)
-    directory.mkdir(parents=True, exist_ok=True)
+    tracker, resolved, cluster = prepare(spec, directory, address, resume, log)
+    params = spec.knob_params()
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     (directory / SPEC_FILE).write_text(spec_yaml)
-
-    parent = tracker.start_parent(
-        spec_yaml, flat_params(spec), resolved.base_reference.model_dump(),
-        {k: p.describe() for k, p in params.items()}, resume=resume)
+    parent = tracker.start_parent(spec_yaml, flat_params(spec), resolved.base_reference.model_dump(),
+                                  {k: p.describe() for k, p in params.items()}, resume=resume)
     concurrency = max_concurrent(spec, cluster)
     callback = SweepCallback(tracker, spec, str(trials_dir(directory)), flat_params(spec), log=log)
     trainable = tune.with_resources(
@@ -106,7 +94,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         f"{concurrency} at a time, {spec.objective.kind} objective, scheduler {spec.scheduler.kind}"
         + (f" (grace {spec.asha_grace_tokens(params)} tokens)" if spec.scheduler.kind == "asha" else ""))
     log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
-        f" | MLflow {uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
+        f" | MLflow {tracker.uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
     ray_compat.serialize_state_uploads()  # Tune's state saves must not race their uploads
     # A retried or resumed trial reports its steps again from its checkpoint; Optuna keeps the
     # first value of each step and warns once per step. Expected, so not shown to the user.
@@ -118,21 +106,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
             callback = adopt_restored_callback(tuner, callback)
         else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(spec, params),
-                    scheduler=make_scheduler(spec, params, str(trials_dir(directory))),
-                    num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency,
-                    # A finished trial's process (torch and transformers imported, ~3 s) starts
-                    # the next trial; the loop seeds every RNG itself, so nothing carries over.
-                    reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=str(directory.parent), callbacks=[callback], verbose=0,
-                    # The schedule-aware stopper stops divergence itself (and logs why).
-                    stop=None if spec.scheduler.kind == "rewarm" else DivergenceStopper(),
-                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
-            )
+            tuner = new_tuner(spec, params, trainable, callback, directory, concurrency)
         grid = tuner.fit()
         status = SweepStatus.COMPLETED
     except KeyboardInterrupt:
@@ -149,6 +123,44 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     if grid.errors and not trials:
         raise RuntimeError(f"all trials failed; first error: {grid.errors[0]}")
     return SweepOutcome(sweep_dir=directory, parent_run_id=parent, trials=trials)
+
+
+def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool, log):
+    """Every check that can fail before a trial starts, then the resolved sweep and Ray:
+    (tracker, resolved sweep, cluster resources). Cheap checks come first."""
+    uri = spec.tracking_uri()
+    check_reachable(uri)
+    if not resume:
+        preflight.check_new_sweep(spec, directory)
+    preflight.check_storage_writable(str(directory.parent))
+    resolved = resolve(spec, log=log)
+    cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
+    preflight.check_cluster_fits(spec, cluster)
+    if not in_process(spec):
+        preflight.check_trial_slots(cluster)
+    directory.mkdir(parents=True, exist_ok=True)
+    return Tracker(uri, spec.tracking.experiment, spec.name), resolved, cluster
+
+
+def new_tuner(spec: SweepSpec, params: dict, trainable, callback: SweepCallback, directory: Path, concurrency: int):
+    """The Tuner of a new sweep: searcher, scheduler, stopper, callback and failure policy."""
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec, params),
+            scheduler=make_scheduler(spec, params, str(trials_dir(directory))),
+            num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency,
+            # A finished trial's process (torch and transformers imported, ~3 s) starts
+            # the next trial; the loop seeds every RNG itself, so nothing carries over.
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(directory.parent), callbacks=[callback], verbose=0,
+            # The schedule-aware stopper stops divergence itself (and logs why).
+            stop=None if spec.scheduler.kind == "rewarm" else DivergenceStopper(),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
+    )
 
 
 def close_sweep(tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float, directory: Path,
