@@ -4,5 +4,5 @@ from search_spaces.params import Choice, Fixed, LogUniform, Param, Uniform, coer
 from search_spaces.knobs import KNOBS, Knob
 from search_spaces.registry import REGISTRY, SearchSpace, get, validate_params
 
-__all__ = ["Choice", "Fixed", "KNOBS", "LogUniform", "Param", "REGISTRY", "SearchSpace", "Uniform",
+__all__ = ["Choice", "Fixed", "KNOBS", "Knob", "LogUniform", "Param", "REGISTRY", "SearchSpace", "Uniform",
            "coerce_param", "get", "validate_params"]

@@ -49,11 +49,11 @@ def validate_params(params: dict) -> None:
             raise ValueError(f"{knob}: must lie in [0, 1], got {params[knob].describe()}")
     b = bounds(params[Knob.MAX_LR])
     if b is None or b[0] <= 0:
-        raise ValueError(f"max_lr: must be > 0, got {params[Knob.MAX_LR].describe()}")
+        raise ValueError(f"{Knob.MAX_LR}: must be > 0, got {params[Knob.MAX_LR].describe()}")
     sched = params[Knob.SCHEDULE]
     names = [sched.value] if isinstance(sched, Fixed) else getattr(sched, "values", None)
     if not names or any(n not in SCHEDULES for n in names):
-        raise ValueError(f"schedule: must be one of {list(SCHEDULES)} (fixed or a choice), got {sched.describe()}")
+        raise ValueError(f"{Knob.SCHEDULE}: must be one of {list(SCHEDULES)} (fixed or a choice), got {sched.describe()}")
 
 
 REGISTRY: dict[str, SearchSpace] = {}

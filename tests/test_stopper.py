@@ -223,3 +223,30 @@ def test_scheduler_on_real_tune_logs_every_decision(local_ray, tmp_path):
         assert [row["tokens"] for row in rows] == [per_eval * (i + 1) for i in range(len(rows))]
         assert rows[-1]["tokens"] == r.metrics["tokens"] and all(row["reason"] for row in rows)
         assert (rows[-1]["action"] == STOP) == (r.metrics["tokens"] < evals * per_eval)
+
+
+def test_stopper_state_written_by_another_version_is_a_one_line_user_error(tmp_path):
+    import pickle
+    import sys
+    import types
+
+    from sweeps.config.layout import STOPPER_STATE_FILE, StateIncompatible
+    from sweeps.execution.schedulers import ScheduleAwareScheduler
+    from trainers.errors import UserError
+
+    gone = types.ModuleType("rewarm_module_of_another_version")
+
+    class Old:
+        pass
+
+    Old.__module__, Old.__qualname__ = gone.__name__, "Old"
+    gone.Old = Old
+    sys.modules[gone.__name__] = gone
+    try:
+        (tmp_path / STOPPER_STATE_FILE).write_bytes(pickle.dumps((Old(), 0)))
+    finally:
+        del sys.modules[gone.__name__]
+    sched = ScheduleAwareScheduler(StopRuleConfig(max_tokens=MAX, min_grace_tokens=EVAL), str(tmp_path / "trials"))
+    with pytest.raises(StateIncompatible, match="another version of Rewarm") as info:
+        sched.on_trial_result(None, types.SimpleNamespace(trial_id="t"), {"tokens": EVAL, "objective": 1.0, "loss": 2.0})
+    assert isinstance(info.value, UserError)

@@ -14,6 +14,7 @@ from sweeps.tracking.trial_sync import TrialSync
     (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), True),
     (TrackingError("unreachable"), True),
     (ConnectionResetError(), True),
+    (PermissionError("artifact dir not writable"), False),  # a set-up problem, not an outage
     (MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE), False),
     (MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST), False),
     (KeyError("step"), False),

@@ -8,7 +8,7 @@ import pytest
 import search_spaces
 from search_spaces.knobs import KNOBS, Knob
 from sweeps.config.spec import SweepSpec
-from sweeps.tracking.statuses import MLFLOW_RUN_STATUS, SweepStatus, TrialStatus, trial_status
+from sweeps.tracking.statuses import MLFLOW_RUN_STATUS, MLFLOW_SWEEP_STATUS, SweepStatus, TrialStatus, trial_status
 from trainers.config import TrialConfig
 from trainers.report_point import ReportPoint, RunStatus
 
@@ -43,6 +43,10 @@ def test_report_fields_are_the_loops_and_the_objectives():
     assert set(scores) <= names and set(ReportPoint.EVAL_FIELDS) <= names
 
 
+def test_a_status_from_elsewhere_is_kept_as_it_came():
+    assert ReportPoint.from_result({"tokens": 1, "status": "paused-by-someone"}).status == "paused-by-someone"
+
+
 def test_divergence_is_one_rule():
     assert ReportPoint(tokens=1, status=RunStatus.DIVERGED).diverged
     assert ReportPoint(tokens=1, loss=math.nan).diverged
@@ -61,7 +65,7 @@ def test_trial_status_table(last, errored, expected):
 
 
 def test_every_status_has_an_mlflow_run_status():
-    assert set(TrialStatus) | set(SweepStatus) - {SweepStatus.RUNNING} <= set(MLFLOW_RUN_STATUS) | {"running"}
+    assert set(MLFLOW_RUN_STATUS) == set(TrialStatus) and set(MLFLOW_SWEEP_STATUS) == set(SweepStatus)
 
 
 def test_spec_sections_embed_component_configs_instead_of_copying_them():

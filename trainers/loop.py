@@ -29,13 +29,11 @@ from trainers.evaluation import validation_loss
 from trainers.objective import BaseReference, score
 from trainers.tasks import evaluate_task
 from trainers.replay import ReplayMixer
-from trainers.report_point import ReportPoint, RunStatus
+from trainers.report_point import DIVERGED_OBJECTIVE, ReportPoint, RunStatus
 from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX
 from trainers.schedules import lr_at, warmup_steps
 
-RUNNING, COMPLETED, DIVERGED, STOPPED = RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.STOPPED
 _EMA_ALPHA = 0.1
-DIVERGED_OBJECTIVE = -1000.0  # below any real objective (gains are a few nats at most)
 
 
 class Reporter(Protocol):
@@ -93,22 +91,22 @@ class Trainer:
                 raise ValueError("resuming needs base_reference in the config")
             self.base = BaseReference(**self._evaluate(), tasks=self._evaluate_tasks(with_chance=True))
         end = loop.total_steps if loop.stop_after_step is None else min(loop.total_steps, loop.stop_after_step)
-        status, metrics = RUNNING, {}
+        status, metrics = RunStatus.RUNNING, {}
         self.model.train()
         if self.state.step >= end:  # resumed from a run that had already reached its end
             finished = self.state.step >= loop.total_steps
-            return self._report_point(COMPLETED if finished else STOPPED)
+            return self._report_point(RunStatus.COMPLETED if finished else RunStatus.STOPPED)
         while self.state.step < end:
             record = self._train_step()
             self._pending.append(record)
             status = self._divergence_status(record["loss"])
             step = self.state.step
             finished = step == loop.total_steps
-            if status == DIVERGED or step % loop.eval_every == 0 or step == end:
-                if status != DIVERGED:
-                    status = COMPLETED if finished else (STOPPED if step == end else RUNNING)
+            if status == RunStatus.DIVERGED or step % loop.eval_every == 0 or step == end:
+                if status != RunStatus.DIVERGED:
+                    status = RunStatus.COMPLETED if finished else (RunStatus.STOPPED if step == end else RunStatus.RUNNING)
                 metrics = self._report_point(status)
-                if status != RUNNING:
+                if status != RunStatus.RUNNING:
                     break
         return metrics
 
@@ -156,11 +154,11 @@ class Trainer:
     def _divergence_status(self, loss: float) -> str:
         s = self.state
         if not math.isfinite(loss):
-            return DIVERGED
+            return RunStatus.DIVERGED
         if s.first_loss is None:
             s.first_loss = loss
         s.loss_ema = loss if s.loss_ema is None else (1 - _EMA_ALPHA) * s.loss_ema + _EMA_ALPHA * loss
-        return DIVERGED if s.loss_ema > self.cfg.loop.divergence_factor * s.first_loss else RUNNING
+        return RunStatus.DIVERGED if s.loss_ema > self.cfg.loop.divergence_factor * s.first_loss else RunStatus.RUNNING
 
     # ------------------------------------------------------------------ report points
 
@@ -183,7 +181,7 @@ class Trainer:
         cfg, s = self.cfg, self.state
         if not cfg.tasks:
             return False
-        if cfg.objective.task is not None or status in (COMPLETED, STOPPED):
+        if cfg.objective.task is not None or status in (RunStatus.COMPLETED, RunStatus.STOPPED):
             return True  # a task in the objective is needed at every report point
         if cfg.loop.task_eval_every is not None:
             return s.step % cfg.loop.task_eval_every == 0
@@ -216,7 +214,7 @@ class Trainer:
                           if pending else 0.0),
             world_size=self.world,
             warmup_tokens=warmup_steps(cfg.schedule, cfg.loop.total_steps) * cfg.loop.global_batch_size * cfg.loop.seq_len)
-        if status == DIVERGED:
+        if status == RunStatus.DIVERGED:
             # A finite floor (not -inf) so that Optuna, ASHA and MLflow can all store it.
             return dataclasses.replace(point, objective=DIVERGED_OBJECTIVE)
         if not cfg.loop.evaluate:
@@ -233,7 +231,7 @@ class Trainer:
         """Checkpoint at the end of a run and every `checkpoint_every` steps; the dir on rank 0."""
         cfg, s = self.cfg, self.state
         since = s.step - self._last_checkpoint_step
-        if not (since > 0 and (status in (COMPLETED, STOPPED) or (status == RUNNING and since >= cfg.loop.checkpoint_every))):
+        if not (since > 0 and (status in (RunStatus.COMPLETED, RunStatus.STOPPED) or (status == RunStatus.RUNNING and since >= cfg.loop.checkpoint_every))):
             return None
         # All ranks must take part in gathering RNG states; only rank 0 writes.
         rng_states = dist_utils.gather_objects(capture_rng())

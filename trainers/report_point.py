@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 TASK_PREFIX = "task/"  # task metrics on the wire: task/<task>/<accuracy|correct_prob|brier>
+DIVERGED_OBJECTIVE = -1000.0  # a diverged run's objective: below any real one, finite for Optuna, ASHA, MLflow
 _WIRE_NAMES = {"time_first_step": "time/first_step", "time_report": "time/report"}
 
 
@@ -77,8 +78,8 @@ class ReportPoint:
             key = _WIRE_NAMES.get(f.name, f.name)
             if key in result and f.name != "tasks":
                 kwargs[f.name] = result[key]
-        if "status" in kwargs:
-            kwargs["status"] = RunStatus(kwargs["status"])
+        if "status" in kwargs and kwargs["status"] in RunStatus.__members__.values():
+            kwargs["status"] = RunStatus(kwargs["status"])  # any other value is kept as it came
         for key, value in result.items():
             if key.startswith(TASK_PREFIX):
                 task, _, metric = key.removeprefix(TASK_PREFIX).rpartition("/")

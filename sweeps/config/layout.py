@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainers.errors import UserError
+
 SPEC_FILE = "spec.yaml"
 TRIALS_DIR = "trials"
 STOPPER_STATE_FILE = "stopper_state.pkl"
 DRIVER_TIMINGS_FILE = "driver_timings.json"
 DEFAULT_STORAGE_PATH = "rewarm_runs"
+
+
+class StateIncompatible(UserError):
+    """A sweep's saved Tune or stopper state names classes this version of Rewarm does not have
+    (no release promises to read another version's pickles; MLflow keeps the results)."""
 
 
 def sweep_dir(storage_dir: str | Path, name: str) -> Path:

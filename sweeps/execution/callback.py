@@ -68,7 +68,8 @@ class SweepCallback(Callback):
     @property
     def timings(self) -> dict[str, dict]:
         """Per trial: start, each result's report and arrival times, end, and MLflow seconds (log_s)."""
-        return {t: {**entry, "log_s": self.sync.log_s.get(t, 0.0)} for t, entry in self._timings.items()}
+        trials = list(self._timings) + [t for t in self.sync.log_s if t not in self._timings]
+        return {t: {**self._timings.get(t, {"results": []}), "log_s": self.sync.log_s.get(t, 0.0)} for t in trials}
 
     def _trial_timings(self, trial_id: str, start: float | None = None) -> dict:
         entry = self._timings.setdefault(trial_id, {"results": []})
@@ -99,7 +100,7 @@ class SweepCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         final = self.sync.last_report(trial.trial_id) or dict(trial.last_result or {})
-        self._finish(trial, TrialStatus.FAILED, trials, final)
+        self._finish(trial, trial_status(final, errored=True), trials, final)
 
     def on_step_begin(self, iteration, trials, **info):
         if self.sync.has_pending:

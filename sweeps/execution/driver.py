@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.config.layout import DRIVER_TIMINGS_FILE, SPEC_FILE, sweep_dir, trials_dir
+from sweeps.config.layout import DRIVER_TIMINGS_FILE, SPEC_FILE, StateIncompatible, sweep_dir, trials_dir
 from sweeps.config.resolve import resolve
 from sweeps.config.spec import SweepSpec
 from sweeps.execution import preflight
@@ -84,10 +84,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     params = spec.knob_params()
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     (directory / SPEC_FILE).write_text(spec_yaml)
-    parent = tracker.start_parent(spec_yaml, flat_params(spec), resolved.base_reference.model_dump(),
+    mlflow_params = flat_params(spec)
+    parent = tracker.start_parent(spec_yaml, mlflow_params, resolved.base_reference.model_dump(),
                                   {k: p.describe() for k, p in params.items()}, resume=resume)
     concurrency = max_concurrent(spec, cluster)
-    callback = SweepCallback(tracker, spec, str(trials_dir(directory)), flat_params(spec), log=log)
+    callback = SweepCallback(tracker, spec, str(trials_dir(directory)), mlflow_params, log=log)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(directory)), trial_resources(spec))
     log(f"[rewarm] sweep {spec.name}: {spec.budget.num_trials} trials x {spec.budget.tokens_per_trial} tokens, "
@@ -103,7 +104,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     status = SweepStatus.FAILED
     try:
         if resume and tune.Tuner.can_restore(str(directory)):
-            tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
+            tuner = restore_tuner(directory, trainable)
             callback = adopt_restored_callback(tuner, callback)
         else:
             tuner = new_tuner(spec, params, trainable, callback, directory, concurrency)
@@ -113,13 +114,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         status = SweepStatus.INTERRUPTED
         raise
     finally:
-        (directory / DRIVER_TIMINGS_FILE).write_text(json.dumps(callback.timings))
-        unlogged = callback.flush(spec.tracking.flush_timeout_s)
-        if unlogged:
-            log(f"[rewarm] MLflow still unavailable after {spec.tracking.flush_timeout_s:.0f} s: trials {unlogged} "
-                f"are not fully logged; their full curves are on disk in {trials_dir(directory)}/<trial>/")
-            status = SweepStatus.INCOMPLETE_TRACKING if status == SweepStatus.COMPLETED else status
-        trials = close_sweep(tracker, callback, status, time.time() - t0, directory, log)
+        trials = finish_sweep(spec, tracker, callback, status, time.time() - t0, directory, log)
     if grid.errors and not trials:
         raise RuntimeError(f"all trials failed; first error: {grid.errors[0]}")
     return SweepOutcome(sweep_dir=directory, parent_run_id=parent, trials=trials)
@@ -161,6 +156,41 @@ def new_tuner(spec: SweepSpec, params: dict, trainable, callback: SweepCallback,
             stop=None if spec.scheduler.kind == "rewarm" else DivergenceStopper(),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
     )
+
+
+def restore_tuner(directory: Path, trainable):
+    """The Tuner of an interrupted sweep, from Tune's experiment state in its directory."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
+    except (ModuleNotFoundError, AttributeError) as exc:  # pickles naming code that no longer exists
+        raise StateIncompatible(f"sweep state in {directory} was written by another version of Rewarm ({exc}); "
+                                f"it cannot be resumed by this one: its results are in MLflow, start a new sweep name") from None
+
+
+def finish_sweep(spec: SweepSpec, tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float,
+                 directory: Path, log) -> list[dict]:
+    """Whatever ended the sweep: write the driver's timings, flush MLflow, close the parent run.
+
+    Runs in the driver's `finally`: while another error is already on its way out (an
+    interrupt, a failed fit), a tracking failure here is logged, not raised, so that the first
+    error is the one the user sees; after a completed sweep it raises.
+    """
+    try:
+        (directory / DRIVER_TIMINGS_FILE).write_text(json.dumps(callback.timings))
+        unlogged = callback.flush(spec.tracking.flush_timeout_s)
+        if unlogged:
+            log(f"[rewarm] MLflow still unavailable after {spec.tracking.flush_timeout_s:.0f} s: trials {unlogged} "
+                f"are not fully logged; their full curves are on disk in {trials_dir(directory)}/<trial>/")
+            status = SweepStatus.INCOMPLETE_TRACKING if status == SweepStatus.COMPLETED else status
+        return close_sweep(tracker, callback, status, wall_s, directory, log)
+    except Exception as exc:
+        if status == SweepStatus.COMPLETED:
+            raise
+        log(f"[rewarm] could not finish the sweep's MLflow records ({type(exc).__name__}: {exc}); "
+            f"results are in {directory}")
+        return []
 
 
 def close_sweep(tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float, directory: Path,

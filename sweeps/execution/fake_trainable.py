@@ -12,6 +12,7 @@ import math
 from ray import tune
 
 from search_spaces.knobs import Knob
+from trainers.report_point import DIVERGED_OBJECTIVE, ReportPoint, RunStatus
 
 
 def scripted_objective(kind: str, i: int) -> float:
@@ -32,11 +33,11 @@ def fake_trainable(config: dict) -> None:
         tokens = i * config["tokens_per_eval"]
         if config["kind"] == "diverge" and i >= 3:
             # Keeps reporting after diverging: only the driver's stopper can end it.
-            tune.report({"tokens": tokens, "objective": -1000.0, "loss": math.nan, "status": "diverged",
-                         "warmup_tokens": warmup})
+            tune.report(ReportPoint(tokens=tokens, step=i, objective=DIVERGED_OBJECTIVE, loss=math.nan,
+                                    status=RunStatus.DIVERGED, warmup_tokens=warmup).to_result())
             continue
-        tune.report({"tokens": tokens, "objective": scripted_objective(config["kind"], i), "loss": 2.0,
-                     "status": "running", "warmup_tokens": warmup})
+        tune.report(ReportPoint(tokens=tokens, step=i, objective=scripted_objective(config["kind"], i), loss=2.0,
+                                warmup_tokens=warmup).to_result())
 
 
 def fake_cpt_trainable(config: dict) -> None:
@@ -47,5 +48,5 @@ def fake_cpt_trainable(config: dict) -> None:
         progress = i / config["evals"]
         gain = progress * (1.0 + math.log10(lr / 1e-4)) * (1.0 - 0.3 * replay)
         forgetting = progress * (lr / 1e-3) * (1.0 - 0.9 * replay)
-        tune.report({"tokens": i * config["tokens_per_eval"], "gain": gain, "forgetting": forgetting,
-                     "objective": gain - max(forgetting, 0.0), "loss": 2.0, "status": "running"})
+        tune.report(ReportPoint(tokens=i * config["tokens_per_eval"], step=i, gain=gain, forgetting=forgetting,
+                                objective=gain - max(forgetting, 0.0), loss=2.0).to_result())

@@ -12,7 +12,7 @@ from pathlib import Path
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from sweeps.config.layout import STOPPER_STATE_FILE
+from sweeps.config.layout import STOPPER_STATE_FILE, StateIncompatible
 from sweeps.config.spec import SweepSpec
 from sweeps.decisions.stop_rule import STOP, Decision, StopRule, StopRuleConfig
 from trainers.report_point import ReportPoint
@@ -79,8 +79,12 @@ class ScheduleAwareScheduler(FIFOScheduler):
         self._restored = True
         path = self._state_path
         if path is not None and path.exists():
-            with open(path, "rb") as f:
-                self.rule, self.stopped = pickle.load(f)
+            try:
+                with open(path, "rb") as f:
+                    self.rule, self.stopped = pickle.load(f)
+            except (ModuleNotFoundError, AttributeError) as exc:
+                raise StateIncompatible(f"{path} was written by another version of Rewarm ({exc}); this sweep "
+                                        f"cannot be resumed by this one: start a new sweep name") from None
 
     def _persist(self) -> None:
         path = self._state_path

@@ -21,6 +21,7 @@ from sweeps.execution import preflight
 from sweeps.execution.cluster import init_ray
 from sweeps.execution.trial import in_process, torch_trainer
 from sweeps.settings import apply_process_settings
+from sweeps.tracking.statuses import TrialStatus
 from trainers import ray_compat
 from trainers.errors import UserError
 from trainers.report_point import RunStatus
@@ -35,8 +36,8 @@ class RunInputError(RunFailed, UserError):
     """The run failed on bad input found inside a worker (a corrupt checkpoint, unreadable data)."""
 
 
-# Raised inside workers for bad input; Ray re-raises them wrapped, so they are told by name.
-_USER_ERRORS_IN_WORKERS = ("CheckpointError", "DataError")
+# User errors workers raise (trainers/); Ray Train re-raises them as text, so they are told by name.
+_USER_ERRORS_IN_WORKERS = ("CheckpointError", "DataError", "TaskError")
 
 
 @dataclass
@@ -47,7 +48,8 @@ class RunOutcome:
 
     @property
     def status(self) -> str:
-        return self.metrics.get("status", "failed")
+        """The run's last report status (trainers/report_point.py: RunStatus); "failed" with no report."""
+        return self.metrics.get("status", TrialStatus.FAILED)
 
     @property
     def diverged(self) -> bool:
@@ -106,10 +108,13 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
         else:
             torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage).fit()
     except Exception as exc:  # Ray wraps worker errors; the root cause is what the user needs
-        cause = _root_cause(exc)
-        user_error = next((name for name in _USER_ERRORS_IN_WORKERS if f"{name}: " in cause), None)
+        root, cause = _root_cause(exc)
+        # A user error raised in a worker arrives as itself from a Ray task, but only as text
+        # from a Ray Train worker group: told by its class name there.
+        user_error = isinstance(root, UserError) or any(f"{name}: " in cause for name in _USER_ERRORS_IN_WORKERS)
         if user_error:  # drop Ray's wrapper and the module path: the cause is the message
-            raise RunInputError(f"run {run_name} failed: {cause[cause.index(f'{user_error}: '):]}") from exc
+            name = next((n for n in _USER_ERRORS_IN_WORKERS if f"{n}: " in cause), type(root).__name__)
+            raise RunInputError(f"run {run_name} failed: {cause[cause.index(f'{name}: '):]}") from exc
         raise RunFailed(f"run {run_name} failed: {cause}") from exc
     timings["end"] = time.time()
     reports = CurveLog(run_dir / REPORTS_FILE).read()
@@ -129,7 +134,8 @@ def read_curve(run_dir: Path) -> list[dict]:
     return CurveLog(Path(run_dir) / CURVES_FILE).read()
 
 
-def _root_cause(exc: BaseException) -> str:
+def _root_cause(exc: BaseException) -> tuple[BaseException, str]:
+    """The innermost exception under Ray's wrappers, and its last line as `Type: message`."""
     seen = exc
     while True:
         inner = ray_compat.unwrap_task_error(seen) or seen.__cause__
@@ -137,4 +143,4 @@ def _root_cause(exc: BaseException) -> str:
             break
         seen = inner
     text = str(seen).strip().splitlines()
-    return f"{type(seen).__name__}: {text[-1] if text else ''}"
+    return seen, f"{type(seen).__name__}: {text[-1] if text else ''}"

@@ -18,6 +18,7 @@ import numpy as np
 from search_spaces.knobs import Knob
 from sweeps.results import loss_perspective as lp
 from sweeps.tracking.records import load_sweep
+from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX
 from trainers.report_point import TASK_PREFIX
 from trainers.tasks import TASK_METRICS
 
@@ -32,9 +33,9 @@ def collect_points(client, sweep: str, experiment: str | None = None) -> tuple:
         run = client.get_run(trial["run_id"])
         task_keys = [k for k in run.data.metrics if k.startswith(TASK_PREFIX)]
         by_step: dict[int, dict] = defaultdict(dict)
-        for key in ["eval/L_down", "eval/L_up", *task_keys]:
+        for key in [f"{EVAL_PREFIX}L_down", f"{EVAL_PREFIX}L_up", *task_keys]:
             for m in client.get_metric_history(trial["run_id"], key):
-                by_step[m.step][key.removeprefix("eval/")] = m.value
+                by_step[m.step][key.removeprefix(EVAL_PREFIX)] = m.value
         for step, values in sorted(by_step.items()):
             if any(k.startswith(TASK_PREFIX) for k in values) and "L_down" in values:
                 points.append({"trial_id": trial["trial_id"], "step": step, Knob.MAX_LR.value: trial.get(Knob.MAX_LR),
@@ -46,8 +47,8 @@ def base_tasks(parent) -> dict[str, dict[str, float]]:
     """The base model's task metrics and chance, from the parent run's base/task/<name>/<metric>."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for key, value in parent.data.metrics.items():
-        if key.startswith("base/task/"):
-            name, metric = key.removeprefix("base/task/").rsplit("/", 1)
+        if key.startswith(BASE_PREFIX + TASK_PREFIX):
+            name, metric = key.removeprefix(BASE_PREFIX + TASK_PREFIX).rsplit("/", 1)
             out[name][metric] = value
     return dict(out)
 

@@ -17,7 +17,7 @@ import yaml
 from search_spaces.knobs import KNOBS
 from sweeps.tracking.records import SweepNotFound
 from sweeps.tracking.statuses import TrialStatus
-from sweeps.tracking.tracker import SWEEP_TAG
+from sweeps.tracking.tracker import SPEC_ARTIFACT, SWEEP_TAG
 
 RANKED_STATUSES = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
 COLUMNS = ("rank", "trial_id", "status", "objective", "gain", "forgetting", "L_up", "L_down", *KNOBS, "tokens")
@@ -66,10 +66,10 @@ def export_spec(client, parent, trial: dict, path: Path) -> dict:
     """Write the sweep's spec with the trial's knobs fixed: `rewarm train FILE` reruns it."""
     import mlflow.artifacts
 
-    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri.rstrip('/')}/spec.yaml") \
+    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri.rstrip('/')}/{SPEC_ARTIFACT}") \
         if parent.info.artifact_uri else None
     if text is None:
-        raise SweepNotFound("the sweep's parent run has no spec.yaml artifact to export from")
+        raise SweepNotFound(f"the sweep's parent run has no {SPEC_ARTIFACT} artifact to export from")
     raw = yaml.safe_load(text)
     raw["name"] = f"{raw['name']}-{trial['trial_id']}"
     raw.setdefault("search_space", {})["params"] = {k: trial[k] for k in KNOBS}

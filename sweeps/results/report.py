@@ -22,9 +22,12 @@ from sweeps.results.analyze import analyze_sweep, render_table
 from sweeps.results.best import rank
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus
+from sweeps.tracking.tracker import EVAL_PREFIX, STEP_METRICS
+from trainers.report_point import TASK_PREFIX
 from trainers.errors import UserError
 
 PLOTS = ("curves", "schedules", "tradeoff", "parallel", "tasks")
+L_DOWN, L_UP, TRAIN_LR = f"{EVAL_PREFIX}L_down", f"{EVAL_PREFIX}L_up", STEP_METRICS["lr"]
 
 
 class ReportError(UserError, ValueError):
@@ -62,7 +65,7 @@ def plot_curves(trials, hist, tokens_per_step, path: Path) -> None:
     plt = _plt()
     colors, norm, cmap = _lr_colors(trials)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for ax, key, title in ((axes[0], "eval/L_down", "L_down (new domain)"), (axes[1], "eval/L_up", "L_up (old domain)")):
+    for ax, key, title in ((axes[0], L_DOWN, "L_down (new domain)"), (axes[1], L_UP, "L_up (old domain)")):
         for t in trials:
             pts = hist[t["trial_id"]][key]
             if not pts:
@@ -87,7 +90,7 @@ def plot_schedules(trials, hist, tokens_per_step, path: Path) -> None:
     colors, norm, cmap = _lr_colors(trials)
     fig, ax = plt.subplots(figsize=(8, 4))
     for t in trials:
-        pts = hist[t["trial_id"]]["train/lr"]
+        pts = hist[t["trial_id"]][TRAIN_LR]
         if pts:
             ax.plot([s * tokens_per_step for s, _ in pts], [v for _, v in pts], color=colors[t["trial_id"]], lw=1)
     ax.set_xlabel("tokens")
@@ -164,7 +167,7 @@ def plot_tasks(analysis: dict, path: Path) -> None:
     for i, task in enumerate(tasks):
         for j, metric in enumerate(("accuracy", "correct_prob")):
             ax = axes[i][j]
-            key = f"task/{task}/{metric}"
+            key = f"{TASK_PREFIX}{task}/{metric}"
             pts = [p for p in analysis["points"] if key in p]
             ax.scatter([p["L_down"] for p in pts], [p[key] for p in pts],
                        c=[math.log10(p[Knob.MAX_LR]) if p.get(Knob.MAX_LR) else 0 for p in pts], cmap="viridis", s=18)
@@ -196,7 +199,7 @@ def write_report(client, sweep: str, out_dir: Path, experiment: str | None = Non
     analysis = analyze_sweep(client, sweep, experiment)
     params = parent.data.params
     tokens_per_step = int(params.get("training.global_batch_size", 1)) * int(params.get("data.seq_len", 1))
-    hist = _histories(client, trials, ("eval/L_down", "eval/L_up", "train/lr"))
+    hist = _histories(client, trials, (L_DOWN, L_UP, TRAIN_LR))
     ranked = rank(trials)
     chosen = ranked[0] if ranked else None
     plot_curves(trials, hist, tokens_per_step, out_dir / "curves.png")
@@ -216,7 +219,7 @@ def _html(sweep, trials, chosen, analysis, out_dir: Path) -> str:
         return (f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(caption)}" '
                 f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
-    counts = {str(s): sum(t["status"] == s for t in trials) for s in ENDED_STATUSES}
+    counts = {s: sum(t["status"] == s for t in trials) for s in ENDED_STATUSES}
     best = (f"<p><b>Chosen config</b> ({html.escape(str(chosen['trial_id']))}): "
             + ", ".join(f"{k}={html.escape(str(chosen.get(k)))}" for k in KNOBS)
             + f" &mdash; objective {chosen.get('objective', float('nan')):+.4f}, gain {chosen.get('gain', float('nan')):+.4f}, "
@@ -230,8 +233,8 @@ def _html(sweep, trials, chosen, analysis, out_dir: Path) -> str:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
 pre{{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:12px}}</style></head>
 <body><h1>Sweep {html.escape(sweep)}</h1>
-<p>{len(trials)} trials: {counts['completed']} completed, {counts['early_stopped']} stopped early,
-{counts['diverged']} diverged, {counts['failed']} failed.</p>
+<p>{len(trials)} trials: {counts[TrialStatus.COMPLETED]} completed, {counts[TrialStatus.EARLY_STOPPED]} stopped early,
+{counts[TrialStatus.DIVERGED]} diverged, {counts[TrialStatus.FAILED]} failed.</p>
 {best}
 {img("curves", "L_down and L_up against tokens for every trial, coloured by max LR; x marks trials stopped early")}
 {img("schedules", "The LR schedules actually run")}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from search_spaces.knobs import KNOBS
-from sweeps.tracking.tracker import (FINAL_METRICS, KIND_TAG, KNOB_PARAM_PREFIX, STATUS_TAG, SWEEP_KIND, SWEEP_TAG,
-                                     TRIAL_TAG)
+from sweeps.tracking.tracker import (FINAL_METRICS, FINAL_PREFIX, KIND_TAG, KNOB_PARAM_PREFIX, PARENT_RUN_TAG,
+                                     STATUS_TAG, SWEEP_KIND, SWEEP_TAG, TRIAL_TAG)
 from trainers.errors import UserError
 
 UNKNOWN_STATUS = "unknown"  # a run without a status tag (not written by Rewarm)
@@ -32,7 +32,7 @@ def load_sweep(client, sweep: str, experiment: str | None = None):
         raise SweepNotFound(f"sweep {sweep!r} not found in the tracking store")
     parent = parents[0]
     children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'",
                                   max_results=10000)
     return parent, [trial_record(r) for r in children]
 
@@ -45,8 +45,8 @@ def trial_record(run) -> dict:
         if k.startswith(KNOB_PARAM_PREFIX):
             rec[k.removeprefix(KNOB_PARAM_PREFIX)] = _value(v)
     for k in FINAL_METRICS:
-        if f"final/{k}" in metrics:
-            rec[k] = metrics[f"final/{k}"]
+        if f"{FINAL_PREFIX}{k}" in metrics:
+            rec[k] = metrics[f"{FINAL_PREFIX}{k}"]
     return rec
 
 

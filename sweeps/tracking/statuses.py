@@ -40,7 +40,10 @@ class SweepStatus(StrEnum):
 MLFLOW_RUN_STATUS = {
     TrialStatus.RUNNING: "RUNNING", TrialStatus.COMPLETED: "FINISHED", TrialStatus.EARLY_STOPPED: "FINISHED",
     TrialStatus.DIVERGED: "FAILED", TrialStatus.FAILED: "FAILED", TrialStatus.INTERRUPTED: "KILLED",
-    SweepStatus.INCOMPLETE_TRACKING: "FAILED",
+}
+MLFLOW_SWEEP_STATUS = {
+    SweepStatus.RUNNING: "RUNNING", SweepStatus.COMPLETED: "FINISHED", SweepStatus.INCOMPLETE_TRACKING: "FAILED",
+    SweepStatus.FAILED: "FAILED", SweepStatus.INTERRUPTED: "KILLED",
 }
 
 

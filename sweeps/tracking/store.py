@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -55,22 +56,22 @@ def open_client(uri: str):
 
 def is_outage(exc: BaseException) -> bool:
     """Whether a failed tracking call is the store being unavailable (ride it out and retry),
-    rather than a request the store refused (a bug, or bad input: let it raise).
+    rather than a request the store refused or a bug (let it raise).
 
     Outages: the server unreachable, timing out or answering 5xx / 429 (the MLflow client turns
     all of these into MlflowException with an HTTP status of 500 and up, or 429), the health
-    probe failing, a socket error, or a SQL store that is locked or gone.
+    probe failing (TrackingError), a connection or name-resolution error, or a SQL store that
+    is locked or gone. A file-system error (an unwritable artifact dir) is not an outage.
     """
-    if isinstance(exc, (TrackingError, OSError)):
+    if isinstance(exc, (TrackingError, ConnectionError, TimeoutError, socket.gaierror, socket.herror)):
         return True
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
         return status >= 500 or status == 429
-    try:
-        from requests.exceptions import RequestException
-        from sqlalchemy.exc import OperationalError
-    except ImportError:  # pragma: no cover - both ship with mlflow
-        return False
-    return isinstance(exc, (RequestException, OperationalError))
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import Timeout
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, (RequestsConnectionError, Timeout, OperationalError))

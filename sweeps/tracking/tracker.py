@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from sweeps.tracking.statuses import MLFLOW_RUN_STATUS, SweepStatus, TrialStatus
+from sweeps.tracking.statuses import MLFLOW_RUN_STATUS, MLFLOW_SWEEP_STATUS, SweepStatus, TrialStatus
 from sweeps.tracking.store import TrackingError, default_artifact_location
-from trainers.report_point import ReportPoint, is_finite
+from trainers.report_point import TASK_PREFIX, ReportPoint, is_finite
 
 STATUS_TAG = "rewarm.status"  # a TrialStatus (trial runs) or SweepStatus (the parent run)
 SWEEP_TAG = "rewarm.sweep"
@@ -35,10 +35,15 @@ LOGGED_REPORT_TAG = "rewarm.logged_report_step"
 # per-step curve would cost 0.13% of training time. So throughput, tokens and the realised
 # replay share are logged once per report point (the loop aggregates them over its steps).
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm"}
+EVAL_PREFIX = "eval/"  # a report point's evaluations: eval/<ReportPoint.EVAL_FIELDS>
+BASE_PREFIX = "base/"  # the base reference on the parent run: base/L_up, base/task/<task>/<metric>
 REPORT_TRAIN_METRICS = {"tokens": "train/tokens", "tokens_per_s": "train/tokens_per_s",
                         "replay_share": "train/replay_share"}
 # A trial's final report point, as final/<name> metrics (what `rewarm best` ranks by).
+FINAL_PREFIX = "final/"
 FINAL_METRICS = (*ReportPoint.EVAL_FIELDS, "tokens", "step", "best_objective")
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: nests trial runs under the sweep's run
+SPEC_ARTIFACT = "spec.yaml"  # the sweep's spec on its parent run (`rewarm best --export` reads it)
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
@@ -108,10 +113,10 @@ class Tracker:
         now = _now_ms()
         self.client.log_batch(
             self.parent_run_id,
-            metrics=[Metric(f"base/{k}", v, now, 0) for k, v in _flatten(base_reference).items()],
+            metrics=[Metric(f"{BASE_PREFIX}{k}", v, now, 0) for k, v in _flatten(base_reference).items()],
             params=[Param(k, _param_text(v)) for k, v in params.items()],
             tags=[RunTag("rewarm.search_space", json.dumps(search_space))])
-        self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
+        self.client.log_text(self.parent_run_id, spec_yaml, SPEC_ARTIFACT)
         self.client.log_dict(self.parent_run_id, {"base_reference": base_reference, "search_space": search_space},
                              "sweep.json")
         return self.parent_run_id
@@ -122,7 +127,7 @@ class Tracker:
         if summary:
             self.client.log_dict(self.parent_run_id, summary, "summary.json")
         self.client.set_tag(self.parent_run_id, STATUS_TAG, str(status))
-        self.client.set_terminated(self.parent_run_id, status=MLFLOW_RUN_STATUS.get(status, "FAILED"))
+        self.client.set_terminated(self.parent_run_id, status=MLFLOW_SWEEP_STATUS.get(status, "FAILED"))
 
     # ------------------------------------------------------------------ children
 
@@ -157,7 +162,7 @@ class Tracker:
             tags = run.data.tags
             return run.info.run_id, LoggedMarks(int(tags.get(LOGGED_STEP_TAG, 0)), int(tags.get(LOGGED_REPORT_TAG, 0)))
         run = self.client.create_run(self.ensure_experiment(), run_name=f"{self.sweep}-{trial_id}", tags={
-            "mlflow.parentRunId": self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: TRIAL_KIND,
+            PARENT_RUN_TAG: self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: TRIAL_KIND,
             TRIAL_TAG: trial_id, STATUS_TAG: str(TrialStatus.RUNNING), LOGGED_STEP_TAG: "0", LOGGED_REPORT_TAG: "0"})
         all_params = {**{f"{KNOB_PARAM_PREFIX}{k}": v for k, v in knobs.items()}, **params}
         items = [Param(k, _param_text(v)) for k, v in all_params.items()]
@@ -178,7 +183,7 @@ class Tracker:
                         if key in rec and is_finite(rec[key])]
         for rep in new_reports:
             point, ts = ReportPoint.from_result(rep), _now_ms()
-            metrics += [Metric(f"eval/{k}", float(getattr(point, k)), ts, point.step) for k in ReportPoint.EVAL_FIELDS
+            metrics += [Metric(f"{EVAL_PREFIX}{k}", float(getattr(point, k)), ts, point.step) for k in ReportPoint.EVAL_FIELDS
                         if is_finite(getattr(point, k))]
             metrics += [Metric(name, float(getattr(point, key)), ts, point.step)
                         for key, name in REPORT_TRAIN_METRICS.items() if is_finite(getattr(point, key))]
@@ -201,8 +206,9 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         now, point = _now_ms(), ReportPoint.from_result(final)
-        values = {k: getattr(point, k) for k in FINAL_METRICS} | point.task_metrics()
-        summary = [Metric(f"final/{k}", float(v), now, point.step) for k, v in values.items() if is_finite(v)]
+        # Only what the final report has: a trial that failed before reporting has no final step.
+        values = {k: getattr(point, k) for k in FINAL_METRICS if k in final} | point.task_metrics()
+        summary = [Metric(f"{FINAL_PREFIX}{k}", float(v), now, point.step) for k, v in values.items() if is_finite(v)]
         self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, str(status))] + [
             RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()] + [
             RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
@@ -223,7 +229,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
     """{"L_up": 2.1, "tasks": {"t": {"accuracy": 0.3}}} -> {"L_up": 2.1, "task/t/accuracy": 0.3}."""
     out = {}
     for k, v in d.items():
-        key = f"{prefix}{'task' if k == 'tasks' and not prefix else k}"
+        key = f"{prefix}{TASK_PREFIX.rstrip('/') if k == 'tasks' and not prefix else k}"
         if isinstance(v, dict):
             out.update(_flatten(v, key + "/"))
         elif is_finite(v):

@@ -24,8 +24,10 @@ OUTAGE_RETRY_S = 5.0  # after a failed MLflow call, wait this long before the ne
 class TrialSync:
     """The MLflow runs of a sweep's trials, kept in step with their run dirs.
 
-    Pickled with the sweep's Tune callback into the experiment state (the client is not:
-    `Tracker` rebuilds it), so `rewarm resume` continues from the same marks and cursors.
+    Pickled with the sweep's Tune callback when the Tuner is made (the client is not: `Tracker`
+    rebuilds it). After `rewarm resume` it starts from that first state: each trial's run is
+    found again by its tags, its marks come back from the run's tags, and its files are read
+    from the top, the marks skipping what MLflow already has.
     """
 
     def __init__(self, tracker: Tracker, trials_root: Path, params: dict, log_interval_s: float, log=print):
@@ -126,7 +128,7 @@ class TrialSync:
             latest = self.last_report(trial_id)  # the worker may have reported once more since
             if latest and latest.get("step", 0) >= final.get("step", 0):
                 final = latest
-                status = status if status == TrialStatus.FAILED else trial_status(latest)
+                status = trial_status(latest, errored=status == TrialStatus.FAILED)
             started = time.time()
             try:
                 closed = self._guarded(lambda: self.tracker.finish_child(
