@@ -60,3 +60,11 @@ def test_spec_overrides_are_absolute_and_typed():
 def test_pythia_models_get_their_pretraining_lr():
     spec = small_spec(model={"name_or_path": "EleutherAI/pythia-160m-deduped"}, data={"seq_len": 64})
     assert spec.pretrain_lr() == 6e-4
+
+
+def test_optuna_space_refuses_a_parameter_type_it_cannot_search():
+    class Normal:  # a new Param type that nobody taught OptunaSpace
+        pass
+
+    with pytest.raises(TypeError, match="Normal"):
+        OptunaSpace({"max_lr": Normal()})
