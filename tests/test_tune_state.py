@@ -1,7 +1,7 @@
 """Tune's experiment-state saves and uploads alternate (trainers/ray_compat.py).
 
 The unpatched case documents the Ray race that printed a traceback in CI: if Ray fixes it,
-that assertion fails and trainers/ray_compat.py can go.
+that assertion fails and ray_compat.serialize_state_uploads can go.
 """
 
 import json
