@@ -193,11 +193,13 @@ def main() -> None:
 
     if "--report-only" in sys.argv:
         return report_only()
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "600")  # replay runs need no fault tolerance
+    from trainers import ray_compat
+
+    os.environ.setdefault(ray_compat.TUNE_NEW_OUTPUT_ENV, "0")
+    os.environ.setdefault(ray_compat.TUNE_STATE_SAVE_PERIOD_ENV, "600")  # replay runs need no fault tolerance
     # Every result reaches the scheduler before the trial reports again: a replayed trial
     # reports far faster than a real one, and buffered results would run past a stop decision.
-    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+    os.environ.setdefault(ray_compat.TUNE_RESULT_BUFFER_LENGTH_ENV, "1")
     import tempfile
 
     import ray

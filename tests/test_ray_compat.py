@@ -35,12 +35,14 @@ def test_train_v2_reads_the_environment_variables_rewarm_sets():
     assert constants.V2_ENABLED_ENV_VAR == ray_compat.TRAIN_V2_ENABLED_ENV
 
 
-def test_tune_reads_its_state_save_period_and_output_mode_from_the_environment():
+def test_tune_reads_its_state_save_period_output_mode_and_result_buffer_from_the_environment():
+    from ray.tune import tune as tune_module
     from ray.tune.execution import tune_controller
     from ray.tune.experimental import output
 
     assert f'"{ray_compat.TUNE_STATE_SAVE_PERIOD_ENV}"' in inspect.getsource(tune_controller)
     assert f'"{ray_compat.TUNE_NEW_OUTPUT_ENV}"' in inspect.getsource(output)
+    assert f'"{ray_compat.TUNE_RESULT_BUFFER_LENGTH_ENV}"' in inspect.getsource(tune_module)
 
 
 def test_job_config_and_api_server_variables_keep_their_names():

@@ -28,6 +28,9 @@ TRAIN_V2_ENABLED_ENV = "RAY_TRAIN_V2_ENABLED"  # (same file: V2_ENABLED_ENV_VAR)
 # Seconds between Tune's experiment-state saves (ray/tune/execution/tune_controller.py).
 TUNE_STATE_SAVE_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
 TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune's console reporter (ray/tune/experimental/output.py)
+# Results Tune buffers per trial before the scheduler sees them (ray/tune/tune.py); the
+# sweep-efficiency benchmark sets 1, so a fast replayed trial cannot run past a stop decision.
+TUNE_RESULT_BUFFER_LENGTH_ENV = "TUNE_RESULT_BUFFER_LENGTH"
 # Set by Ray in the entrypoint of a `ray job submit`: the job's own runtime_env as JSON
 # (ray/_private/runtime_env/constants.py: RAY_JOB_CONFIG_JSON_ENV_VAR).
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
