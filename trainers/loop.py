@@ -104,7 +104,8 @@ class Trainer:
             finished = step == loop.total_steps
             if status == RunStatus.DIVERGED or step % loop.eval_every == 0 or step == end:
                 if status != RunStatus.DIVERGED:
-                    status = RunStatus.COMPLETED if finished else (RunStatus.STOPPED if step == end else RunStatus.RUNNING)
+                    status = (RunStatus.COMPLETED if finished
+                              else RunStatus.STOPPED if step == end else RunStatus.RUNNING)
                 metrics = self._report_point(status)
                 if status != RunStatus.RUNNING:
                     break
@@ -231,7 +232,9 @@ class Trainer:
         """Checkpoint at the end of a run and every `checkpoint_every` steps; the dir on rank 0."""
         cfg, s = self.cfg, self.state
         since = s.step - self._last_checkpoint_step
-        if not (since > 0 and (status in (RunStatus.COMPLETED, RunStatus.STOPPED) or (status == RunStatus.RUNNING and since >= cfg.loop.checkpoint_every))):
+        ended = status in (RunStatus.COMPLETED, RunStatus.STOPPED)
+        due = status == RunStatus.RUNNING and since >= cfg.loop.checkpoint_every
+        if since <= 0 or not (ended or due):
             return None
         # All ranks must take part in gathering RNG states; only rank 0 writes.
         rng_states = dist_utils.gather_objects(capture_rng())

@@ -65,7 +65,7 @@ class ReportPoint:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "tasks":
-                out.update({f"{TASK_PREFIX}{t}/{k}": v for t, metrics in value.items() for k, v in metrics.items()})
+                out.update(self.task_metrics())
             elif value is not None:
                 out[_WIRE_NAMES.get(f.name, f.name)] = str(value) if f.name == "status" else value
         return out

@@ -171,33 +171,23 @@ def restore_tuner(directory: Path, trainable):
 
 def finish_sweep(spec: SweepSpec, tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float,
                  directory: Path, log) -> list[dict]:
-    """Whatever ended the sweep: write the driver's timings, flush MLflow, close the parent run.
+    """Whatever ended the sweep: write the driver's timings, flush MLflow, close the parent run
+    with every trial's summary. Returns the summaries ([] where MLflow could not give them).
 
-    Runs in the driver's `finally`: while another error is already on its way out (an
-    interrupt, a failed fit), a tracking failure here is logged, not raised, so that the first
-    error is the one the user sees; after a completed sweep it raises.
+    Runs in the driver's `finally`. A tracking outage here is logged, never raised: the sweep
+    dir has everything. Any other tracking failure raises after a completed sweep (a bug), but
+    is only logged while another error is on its way out (an interrupt, a failed fit), so that
+    the first error is the one the user sees.
     """
+    completed = status == SweepStatus.COMPLETED
     try:
         (directory / DRIVER_TIMINGS_FILE).write_text(json.dumps(callback.timings))
         unlogged = callback.flush(spec.tracking.flush_timeout_s)
         if unlogged:
             log(f"[rewarm] MLflow still unavailable after {spec.tracking.flush_timeout_s:.0f} s: trials {unlogged} "
                 f"are not fully logged; their full curves are on disk in {trials_dir(directory)}/<trial>/")
-            status = SweepStatus.INCOMPLETE_TRACKING if status == SweepStatus.COMPLETED else status
-        return close_sweep(tracker, callback, status, wall_s, directory, log)
-    except Exception as exc:
-        if status == SweepStatus.COMPLETED:
-            raise
-        log(f"[rewarm] could not finish the sweep's MLflow records ({type(exc).__name__}: {exc}); "
-            f"results are in {directory}")
-        return []
-
-
-def close_sweep(tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float, directory: Path,
-                log) -> list[dict]:
-    """Close the parent run with every trial's summary; the summaries ([] if MLflow is down)."""
-    try:
-        if status == SweepStatus.COMPLETED:
+            status = SweepStatus.INCOMPLETE_TRACKING if completed else status
+        if status == SweepStatus.COMPLETED:  # and fully logged
             # A trial started just before a killed driver's last state save is unknown to the
             # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
             tracker.close_orphans()
@@ -205,10 +195,10 @@ def close_sweep(tracker: Tracker, callback: SweepCallback, status: SweepStatus, 
         tracker.finish_parent(status, {"trials": trials, "wall_s": wall_s})
         return trials
     except Exception as exc:
-        if not is_outage(exc):
+        if completed and not is_outage(exc):
             raise
-        # Tracking down at the very end: say so, lose nothing (the sweep dir has it all).
-        log(f"[rewarm] could not close the sweep's MLflow run ({type(exc).__name__}); results are in {directory}")
+        log(f"[rewarm] could not close the sweep's MLflow run ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"results are in {directory}")
         return []
 
 
