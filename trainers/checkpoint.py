@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from trainers.errors import UserError
 from trainers.replay import ReplayState
-from trainers.run_dir import PARTIAL_SUFFIX
+from trainers.run_dir import PARTIAL_SUFFIX, list_checkpoints
 
 MANIFEST = "MANIFEST.json"
 _FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
@@ -126,6 +126,27 @@ def verify_checkpoint(directory: Path) -> None:
             raise CheckpointError(f"checkpoint {directory}: missing {name}")
         if path.stat().st_size != manifest[name]["bytes"] or _sha256(path) != manifest[name]["sha256"]:
             raise CheckpointError(f"checkpoint {directory}: {name} is corrupt or truncated (checksum mismatch)")
+
+
+def newest_good_checkpoint(latest: Path | None, run_dir: Path | None) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies (`latest` first, then the run dir's, newest first),
+    and why each newer one was refused. (None, [...]) when none verifies."""
+    candidates = [Path(latest)] if latest else []
+    if run_dir is not None and run_dir.exists():
+        # Ray names checkpoint directories by time, so names sort by age.
+        candidates += list_checkpoints(run_dir)[::-1]
+    errors, seen = [], set()
+    for candidate in candidates:
+        if candidate.resolve() in seen:
+            continue
+        seen.add(candidate.resolve())
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        return candidate, errors
+    return None, errors
 
 
 def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.device) -> TrainState:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from trainers import ray_compat
-from trainers.checkpoint import CheckpointError, scratch_checkpoint_dir, verify_checkpoint
+from trainers.checkpoint import CheckpointError, newest_good_checkpoint, scratch_checkpoint_dir
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, PLACEMENT_DIR, REPORTS_FILE, CurveLog, list_checkpoints
@@ -143,26 +143,12 @@ def pick_checkpoint(latest: Path | None, run_dir: Path | None, log=print) -> Pat
     A checkpoint corrupted after it was written (disk, a killed copy) must not end the run
     when an older good one exists; falling back costs only the steps in between.
     """
-    candidates = [latest] if latest else []
-    if run_dir is not None and run_dir.exists():
-        # Ray names checkpoint directories by time, so names sort by age.
-        candidates += list_checkpoints(run_dir)[::-1]
-    errors, seen = [], set()
-    for candidate in candidates:
-        if candidate.resolve() in seen:
-            continue
-        seen.add(candidate.resolve())
-        try:
-            verify_checkpoint(candidate)
-        except CheckpointError as exc:
-            errors.append(str(exc))
-            continue
-        if errors:
-            log(f"[rewarm] {errors[0]}; resuming from the older checkpoint {candidate}")
-        return candidate
-    if errors:
+    found, errors = newest_good_checkpoint(latest, run_dir)
+    if found is not None and errors:
+        log(f"[rewarm] {errors[0]}; resuming from the older checkpoint {found}")
+    if found is None and errors:
         raise CheckpointError(f"no usable checkpoint to resume from: {errors[0]}")
-    return None
+    return found
 
 
 def run_attempt(cfg: TrialConfig, reporter: RunReporter, device: torch.device, latest: Path | None,

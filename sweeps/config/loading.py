@@ -80,10 +80,19 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def load_sweep_spec(sweep: str, storage_path: str = DEFAULT_STORAGE_PATH) -> SweepSpec:
-    """The spec a sweep was started with, from its directory (a path, or a name under storage)."""
+    """The spec a sweep was started with, from its directory (a path, or a name under storage).
+
+    The directory found is the one resumed: the spec's storage path is set to its parent, so a
+    sweep resumed from another working directory, or moved with its storage, is still itself.
+    """
     candidates = [Path(sweep), Path(storage_path).expanduser() / sweep]
     for d in candidates:
         if (d / SPEC_FILE).exists():
-            return validate_spec(yaml.safe_load((d / SPEC_FILE).read_text()), source=str(d / SPEC_FILE))
+            spec = validate_spec(yaml.safe_load((d / SPEC_FILE).read_text()), source=str(d / SPEC_FILE))
+            d = d.expanduser().resolve()
+            if d.name != spec.name:
+                raise SpecError(f"{d}: holds sweep {spec.name!r}; a sweep directory must keep its sweep's name "
+                                f"(rename it back to {spec.name})")
+            return spec.model_copy(update={"storage_path": str(d.parent)})
     raise SpecError(f"sweep {sweep!r} not found (looked for {SPEC_FILE} in {', '.join(str(c) for c in candidates)}); "
                     "pass the sweep directory or --storage-path")

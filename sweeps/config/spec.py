@@ -289,3 +289,30 @@ class SweepSpec(_Spec):
 
     def storage_dir(self) -> str:
         return str(Path(self.storage_path).expanduser().resolve())
+
+    def anchored(self) -> SweepSpec:
+        """This spec with its places made absolute: resolved once, when a sweep starts.
+
+        `spec.yaml` keeps the anchored spec, so `rewarm resume` from any working directory finds
+        the same sweep directory and the same default MLflow store instead of new, empty ones.
+        A tracking URI that comes from MLFLOW_TRACKING_URI stays out of the file (it may hold
+        credentials); resuming needs the same variable again.
+        """
+        tracking = self.tracking
+        if tracking.uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+            tracking = tracking.model_copy(update={"uri": default_tracking_uri()})
+        model = self.model.model_copy(update={"name_or_path": _local_absolute(self.model.name_or_path),
+                                              "tokenizer": self.model.tokenizer and _local_absolute(self.model.tokenizer)})
+        data = self.data.model_copy(update={
+            side: getattr(self.data, side).model_copy(update={"path": _local_absolute(getattr(self.data, side).path)})
+            for side in ("upstream", "downstream")})
+        tasks = [t.model_copy(update={"path": _local_absolute(t.path)}) for t in self.tasks]
+        return self.model_copy(update={"storage_path": self.storage_dir(), "tracking": tracking, "model": model,
+                                       "data": data, "tasks": tasks})
+
+
+def _local_absolute(path: str) -> str:
+    """A relative path that names a local file or directory, made absolute; anything else (a hub
+    name, 'toy', 'toy:upstream') unchanged."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if not local.is_absolute() and local.exists() else path

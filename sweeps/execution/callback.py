@@ -18,7 +18,8 @@ from sweeps.tracking.records import trial_record, trial_summary
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus, trial_status
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
-from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog, list_checkpoints
+from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog
+from trainers.checkpoint import newest_good_checkpoint
 
 
 def stop_tags(decisions_file: Path) -> dict[str, str]:
@@ -122,13 +123,17 @@ class SweepCallback(Callback):
         self.log(self._progress_line(trial_id, status, trials, final))
 
     def _artifacts(self, trial_id: str) -> dict[str, Path]:
-        """The trial's final checkpoint and best model, where they exist."""
+        """The trial's final checkpoint (the newest that verifies) and best model, where they exist.
+
+        A stop while the newest checkpoint was being copied leaves it partial; MLflow must link
+        one that loads, so a checkpoint that fails its manifest is passed over, and said so.
+        """
         artifacts = {}
-        on_disk = list_checkpoints(self.trials_root / trial_id)
-        if on_disk:  # named by time: the last is the final checkpoint
-            artifacts["final"] = on_disk[-1]
-        elif trial_id in self._checkpoints:
-            artifacts["final"] = Path(self._checkpoints[trial_id])
+        final, refused = newest_good_checkpoint(self._checkpoints.get(trial_id), self.trials_root / trial_id)
+        for reason in refused:
+            self.log(f"[rewarm] trial {trial_id}: not linking {reason}")
+        if final is not None:
+            artifacts["final"] = final
         best_dir = self.trials_root / trial_id / BEST_MODEL_DIR
         if best_dir.exists():
             artifacts["best"] = best_dir

@@ -79,6 +79,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     from ray import tune
 
     apply_process_settings()
+    spec = spec.anchored()  # absolute places, written to spec.yaml: resume finds the same sweep from anywhere
     directory = sweep_dir_for(spec)
     tracker, resolved, cluster = prepare(spec, directory, address, resume, log)
     params = spec.knob_params()
@@ -103,7 +104,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     t0 = time.time()
     status = SweepStatus.FAILED
     try:
-        if resume and tune.Tuner.can_restore(str(directory)):
+        if resume:  # prepare() proved Tune's state is there: never a fresh sweep under the old run
             tuner = restore_tuner(directory, trainable)
             callback = adopt_restored_callback(tuner, callback)
         else:
@@ -125,7 +126,9 @@ def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool,
     (tracker, resolved sweep, cluster resources). Cheap checks come first."""
     uri = spec.tracking_uri()
     check_reachable(uri)
-    if not resume:
+    if resume:
+        preflight.check_resumable(spec, directory)
+    else:
         preflight.check_new_sweep(spec, directory)
     preflight.check_storage_writable(str(directory.parent))
     resolved = resolve(spec, log=log)

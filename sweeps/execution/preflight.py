@@ -53,3 +53,14 @@ def check_new_sweep(spec: SweepSpec, sweep_dir: Path) -> None:
     if sweep_dir.exists() and tune.Tuner.can_restore(str(sweep_dir)):
         raise SpecError(f"name: sweep {spec.name!r} already exists in {sweep_dir}; "
                         f"continue it with `rewarm resume {spec.name}` or choose another name")
+
+
+def check_resumable(spec: SweepSpec, sweep_dir: Path) -> None:
+    """`rewarm resume` continues Tune's saved experiment or refuses: a fresh sweep under the old
+    MLflow parent run would put new trials beside the old ones."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(sweep_dir)):
+        raise SpecError(f"cannot resume sweep {spec.name!r}: {sweep_dir} holds no Tune experiment state (the driver "
+                        f"stopped before Tune saved any, or the directory was moved without it); what it recorded "
+                        f"is in MLflow; start it again with `rewarm sweep` under a new name")

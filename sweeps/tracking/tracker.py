@@ -104,6 +104,9 @@ class Tracker:
             self.client.update_run(self.parent_run_id, status="RUNNING")
             self.client.set_tag(self.parent_run_id, STATUS_TAG, str(SweepStatus.RUNNING))
             return self.parent_run_id
+        if resume:  # a resumed sweep's trials belong under the parent run it started with
+            raise TrackingError(f"cannot resume sweep {self.sweep!r}: experiment {self.experiment!r} at {self.uri} has "
+                                f"no run of it; resume with the tracking URI it was started with (MLFLOW_TRACKING_URI)")
         if existing is not None:
             raise TrackingError(f"sweep {self.sweep!r} already exists in experiment {self.experiment!r}; "
                                 f"continue it with `rewarm resume {self.sweep}` or choose another name")
