@@ -36,7 +36,9 @@ def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, t
         "search_space.params": {"max_lr": 3e-3, "warmup_frac": 0.1, "schedule": "cosine",
                                 "replay_ratio": {"type": "uniform", "low": 0.0, "high": 0.25}},
         "budget.num_trials": 2, "budget.max_concurrent": 2, "budget.tokens_per_trial": 512 * 8,
-        "scheduler.kind": "none", "tracking": {"uri": server.uri, "experiment": "pg"},
+        "scheduler.kind": "none",
+        # The study beside MLflow's tables, in the same PostgreSQL database (its own schema).
+        "tracking": {"uri": server.uri, "experiment": "pg", "study_storage": pg.uri("mlflow")},
     })
     spec = tmp_path / "pg.yaml"
     spec.write_text(yaml.safe_dump(raw))
@@ -55,3 +57,11 @@ def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, t
     assert statuses == ["FINISHED"] * 3
     points = int(pg.sql("select count(*) from metrics where key = 'train/loss'", db="mlflow"))
     assert points == 2 * 8  # 8 steps per trial, each logged once
+    # The Optuna study: both trials, finished, in schema optuna of the same database.
+    states = pg.sql("select state from optuna.trials", db="mlflow").split()
+    assert states == ["COMPLETE"] * 2
+    import optuna
+
+    from sweeps.tracking.study import load_sweep_study
+
+    assert len(load_sweep_study(pg.uri("mlflow"), "pgsweep").get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2

@@ -110,3 +110,16 @@ def test_a_restored_tuner_hands_back_the_callbacks_it_was_pickled_with(local_ray
     callbacks = ray_compat.restored_callbacks(restored)
     assert callbacks is not None, "Tuner._local_tuner.get_run_config() moved: fix ray_compat.restored_callbacks"
     assert any(type(cb).__name__ == "Marker" for cb in callbacks), callbacks
+
+
+def test_optuna_search_keeps_its_trials_completions_and_study_where_rewarm_reads_them():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space=lambda trial: trial.suggest_float("x", 0, 1) and None, metric="m", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("t1")
+    trials, completed, study = ray_compat.optuna_search_state(searcher)
+    assert set(trials) == {"t1"} and isinstance(trials["t1"], optuna.trial.Trial)
+    searcher.on_trial_complete("t1", {"m": 1.0})
+    assert completed == {"t1"} and isinstance(study, optuna.Study) and study.trials[0].value == 1.0

@@ -172,3 +172,60 @@ def test_every_stopper_decision_is_logged_to_the_trial_run(sweep, tmp_path):
         stop_rows = [r for r in rows if r["action"] == "stop"]
         verdict = stop_rows[-1] if stop_rows else rows[-1]
         assert child.data.tags["rewarm.stopper.reason"] == f"at {verdict['tokens']} tokens: {verdict['reason']}"
+
+
+def test_optuna_study_holds_every_trial_and_the_dashboard_serves_it(sweep):
+    """The study in the sweep's store: one Optuna trial per Tune trial, its knobs as MLflow has
+    them, intermediate values against tokens, Rewarm's status; then the real optuna-dashboard
+    server reads it back over HTTP."""
+    import shutil
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import optuna
+
+    from sweeps.tracking.study import STATUS_ATTR, TUNE_TRIAL_ATTR
+    from tests.conftest import require
+    from tests.mlflow_server import free_port
+
+    spec, uri, outcome, tmp = sweep
+    url = spec.anchored().study_storage_url()
+    assert url == f"sqlite:///{tmp / 'optuna.db'}"  # beside the SQLite MLflow store
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    by_tune_id = {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in study.trials}
+    assert len(study.trials) == len(by_tune_id) == spec.budget.num_trials
+    eval_tokens = spec.cadence().eval_every * spec.tokens_per_step
+    for summary in outcome.trials:
+        trial = by_tune_id[summary["trial_id"]]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.user_attrs[STATUS_ATTR] == summary["status"]
+        assert {k: pytest.approx(v) for k, v in trial.params.items()} == \
+               {k: pytest.approx(summary["knobs"][k]) for k in trial.params}
+        assert trial.intermediate_values and all(t % eval_tokens == 0 for t in trial.intermediate_values)
+        assert max(trial.intermediate_values) == summary["metrics"]["tokens"]
+
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    require(dashboard.exists() or shutil.which("optuna-dashboard") is not None, "optuna-dashboard")
+    port = free_port()
+    server = subprocess.Popen([str(dashboard), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.time() + 60
+        while True:
+            try:
+                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2))
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stderr.read()[-2000:] if server.poll() is not None else "dashboard did not answer in 60 s"
+                time.sleep(0.5)
+        (summary,) = [s for s in studies["study_summaries"] if s["study_name"] == spec.name]
+        served = json.load(urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=10))
+        assert len(served["trials"]) == spec.budget.num_trials
+        first = min(served["trials"], key=lambda t: t["number"])
+        assert {p["name"] for p in first["params"]} == set(study.trials[0].params)
+        assert [v["step"] for v in first["intermediate_values"]] == sorted(study.trials[0].intermediate_values)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -109,3 +109,14 @@ def test_killed_driver_resumes_without_duplicates(toy_world, tmp_path, rewarm_bi
     # fed with trial events (driver_timings.json is written from it), not through an idle copy.
     timings = json.loads((tmp_path / "runs" / "resumable" / "driver_timings.json").read_text())
     assert set(before) & set(timings), (sorted(before), sorted(timings))
+    # The Optuna study continued too: each Tune trial once, every one ended as MLflow says,
+    # and its knobs are the run's (a trial Tune never saved would be FAIL, not left RUNNING).
+    import optuna
+
+    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    told = {t.user_attrs.get("tune_trial_id"): t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert set(told) == set(ids) and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    for r in runs:
+        trial = told[r.data.tags["rewarm.trial_id"]]
+        assert trial.user_attrs["rewarm_status"] == "completed"
+        assert trial.params["max_lr"] == pytest.approx(float(r.data.params["knob.max_lr"]))

@@ -85,6 +85,12 @@ def restored_callbacks(tuner) -> list | None:
         return None
 
 
+def optuna_search_state(searcher) -> tuple[dict, set, object]:
+    """What Ray's OptunaSearch keeps per sweep: Tune trial id -> Optuna trial, the ids it has
+    told Optuna about, and the Optuna study. Private attributes (ray/tune/search/optuna)."""
+    return searcher._ot_trials, searcher._completed_trials, searcher._ot_study
+
+
 _UPLOADS_MARK = "_rewarm_serialized_uploads"
 
 

@@ -26,6 +26,7 @@ from sweeps.config.cadence import Cadence, asha_grace_tokens, trial_cadence
 from sweeps.config.layout import DEFAULT_STORAGE_PATH
 from sweeps.decisions.stop_rule import StopRuleSettings
 from sweeps.tracking.store import default_tracking_uri
+from sweeps.tracking.study import study_storage_url
 from trainers.config import OptimizerConfig
 from trainers.data import DataSource
 from trainers.objective import ObjectiveConfig
@@ -166,6 +167,7 @@ class TrackingSpec(_Spec):
     """Where MLflow records the sweep. MLFLOW_TRACKING_URI in the environment wins."""
 
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<cwd>/mlflow.db (absolute).")
+    study_storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna study's database; default: optuna.db beside an SQLite MLflow store, MLflow's own PostgreSQL database (schema 'optuna'), else <storage_path>/optuna.db (sweeps/tracking/study.py).")
     experiment: str = Field("rewarm", description="MLflow experiment name.")
     flush_timeout_s: float = Field(300, ge=0, description="At the end of a sweep, how long to wait for an unavailable tracking server before giving up (curves stay on disk).")
     log_interval_s: float = Field(10.0, ge=0, description="Seconds between two MLflow writes of one trial's curves while it runs (they wait on disk; a trial's end is logged at once). 0 logs every report point.")
@@ -286,6 +288,10 @@ class SweepSpec(_Spec):
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else the spec's URI, else an absolute SQLite file in the cwd."""
         return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.tracking.uri)
+
+    def study_storage_url(self) -> str:
+        """Where the sweep's Optuna study lives (sweeps/tracking/study.py has the rule)."""
+        return study_storage_url(self.tracking_uri(), self.tracking.study_storage, self.storage_dir())
 
     def storage_dir(self) -> str:
         return str(Path(self.storage_path).expanduser().resolve())

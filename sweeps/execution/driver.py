@@ -30,7 +30,8 @@ from sweeps.execution.trial import in_process, run_trial, trial_resources
 from sweeps.settings import apply_process_settings
 from sweeps.tracking.statuses import SweepStatus, TrialStatus
 from sweeps.tracking.store import check_reachable, is_outage
-from sweeps.tracking.tracker import Tracker
+from sweeps.tracking.study import display_url, open_study_storage
+from sweeps.tracking.tracker import STUDY_STORAGE_TAG, STUDY_TAG, Tracker
 from trainers import ray_compat
 
 
@@ -81,13 +82,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     apply_process_settings()
     spec = spec.anchored()  # absolute places, written to spec.yaml: resume finds the same sweep from anywhere
     directory = sweep_dir_for(spec)
-    tracker, resolved, cluster = prepare(spec, directory, address, resume, log)
+    tracker, resolved, cluster, study_storage = prepare(spec, directory, address, resume, log)
     params = spec.knob_params()
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     (directory / SPEC_FILE).write_text(spec_yaml)
     mlflow_params = flat_params(spec)
     parent = tracker.start_parent(spec_yaml, mlflow_params, resolved.base_reference.model_dump(),
-                                  {k: p.describe() for k, p in params.items()}, resume=resume)
+                                  {k: p.describe() for k, p in params.items()}, resume=resume,
+                                  tags={STUDY_TAG: spec.name, STUDY_STORAGE_TAG: display_url(spec.study_storage_url())})
     concurrency = max_concurrent(spec, cluster)
     callback = SweepCallback(tracker, spec, str(trials_dir(directory)), mlflow_params, log=log)
     trainable = tune.with_resources(
@@ -96,7 +98,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         f"{concurrency} at a time, {spec.objective.kind} objective, scheduler {spec.scheduler.kind}"
         + (f" (grace {spec.asha_grace_tokens(params)} tokens)" if spec.scheduler.kind == "asha" else ""))
     log(f"[rewarm] base model: L_up={resolved.base_reference.L_up:.4f} L_down={resolved.base_reference.L_down:.4f}"
-        f" | MLflow {tracker.uri} (experiment {spec.tracking.experiment!r}, parent run {parent})")
+        f" | MLflow {tracker.uri} (experiment {spec.tracking.experiment!r}, parent run {parent})"
+        f" | Optuna study {spec.name!r} in {display_url(spec.study_storage_url())}")
     ray_compat.serialize_state_uploads()  # Tune's state saves must not race their uploads
     # A retried or resumed trial reports its steps again from its checkpoint; Optuna keeps the
     # first value of each step and warns once per step. Expected, so not shown to the user.
@@ -108,7 +111,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             tuner = restore_tuner(directory, trainable)
             callback = adopt_restored_callback(tuner, callback)
         else:
-            tuner = new_tuner(spec, params, trainable, callback, directory, concurrency)
+            tuner = new_tuner(spec, params, trainable, callback, directory, concurrency, study_storage)
         grid = tuner.fit()
         status = SweepStatus.COMPLETED
     except KeyboardInterrupt:
@@ -126,10 +129,12 @@ def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool,
     (tracker, resolved sweep, cluster resources). Cheap checks come first."""
     uri = spec.tracking_uri()
     check_reachable(uri)
+    study_storage = open_study_storage(spec.study_storage_url())
     if resume:
         preflight.check_resumable(spec, directory)
     else:
         preflight.check_new_sweep(spec, directory)
+        preflight.check_new_study(spec, study_storage)
     preflight.check_storage_writable(str(directory.parent))
     resolved = resolve(spec, log=log)
     cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
@@ -137,17 +142,19 @@ def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool,
     if not in_process(spec):
         preflight.check_trial_slots(cluster)
     directory.mkdir(parents=True, exist_ok=True)
-    return Tracker(uri, spec.tracking.experiment, spec.name), resolved, cluster
+    return Tracker(uri, spec.tracking.experiment, spec.name), resolved, cluster, study_storage
 
 
-def new_tuner(spec: SweepSpec, params: dict, trainable, callback: SweepCallback, directory: Path, concurrency: int):
-    """The Tuner of a new sweep: searcher, scheduler, stopper, callback and failure policy."""
+def new_tuner(spec: SweepSpec, params: dict, trainable, callback: SweepCallback, directory: Path, concurrency: int,
+              study_storage=None):
+    """The Tuner of a new sweep: searcher (its study in `study_storage`), scheduler, stopper,
+    callback and failure policy."""
     from ray import tune
 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, params),
+            search_alg=make_searcher(spec, params, study_storage),
             scheduler=make_scheduler(spec, params, str(trials_dir(directory))),
             num_samples=spec.budget.num_trials, max_concurrent_trials=concurrency,
             # A finished trial's process (torch and transformers imported, ~3 s) starts

@@ -64,3 +64,13 @@ def check_resumable(spec: SweepSpec, sweep_dir: Path) -> None:
         raise SpecError(f"cannot resume sweep {spec.name!r}: {sweep_dir} holds no Tune experiment state (the driver "
                         f"stopped before Tune saved any, or the directory was moved without it); what it recorded "
                         f"is in MLflow; start it again with `rewarm sweep` under a new name")
+
+
+def check_new_study(spec: SweepSpec, storage) -> None:
+    """A new sweep's Optuna study name is free: Ray's searcher would load and extend an old one."""
+    from sweeps.tracking.study import display_url
+
+    if any(s.study_name == spec.name for s in storage.get_all_studies()):
+        raise SpecError(f"name: an Optuna study {spec.name!r} already exists in {display_url(spec.study_storage_url())}; "
+                        f"choose another sweep name, or delete it with `optuna delete-study --study-name {spec.name} "
+                        f"--storage URL`")

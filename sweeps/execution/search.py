@@ -1,9 +1,17 @@
-"""The searcher: Optuna (TPE, or NSGA-II for a Pareto objective) over the knobs, via Ray Tune."""
+"""The searcher: Optuna (TPE, or NSGA-II for a Pareto objective) over the knobs, via Ray Tune,
+its study kept in the sweep's store (sweeps/tracking/study.py)."""
 
 from __future__ import annotations
 
+from ray.tune.search.optuna import OptunaSearch
+
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform
 from sweeps.config.spec import SweepSpec
+from sweeps.tracking.statuses import trial_status
+from sweeps.tracking.study import LOST_REASON_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR
+from sweeps.tracking.tracker import FINAL_METRICS
+from trainers import ray_compat
+from trainers.report_point import is_finite
 
 
 class OptunaSpace:
@@ -34,15 +42,66 @@ class OptunaSpace:
         return constants
 
 
-def make_searcher(spec: SweepSpec, params: dict):
+class SweepSearch(OptunaSearch):
+    """Ray's OptunaSearch, writing the sweep's study the way an Optuna user reads one.
+
+    - Intermediate values are the trial's objective against tokens trained (Ray's own would
+      be against report count, which means nothing across cadences).
+    - When Tune ends a trial, its Tune id, Rewarm status and final metrics become user
+      attributes first: a trial stopped early reaches Optuna as COMPLETE with a truncated
+      value (Ray's rule), and its `rewarm_status` says so.
+    - On `rewarm resume`, trials the study holds as RUNNING that Tune's restored state does not
+      know (suggested after Tune's last state save, before the driver stopped) are marked FAIL,
+      with the reason: they will never report, and a study that keeps them RUNNING lies.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        trials, completed, _ = ray_compat.optuna_search_state(self)
+        if isinstance(self.metric, list) or trial_id in completed or trial_id not in trials:
+            return  # Optuna takes no intermediate values for several objectives
+        value, tokens = result.get(self.metric), result.get("tokens")  # ReportPoint's time axis
+        if tokens is not None and is_finite(value):  # a step reported twice is ignored (Optuna warns)
+            trials[trial_id].report(float(value), int(tokens))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        trials, completed, _ = ray_compat.optuna_search_state(self)
+        if trial_id in trials and trial_id not in completed:
+            if result:  # Tune does not pass the result that made the scheduler stop a trial on
+                self.on_trial_result(trial_id, result)
+            attrs = {TUNE_TRIAL_ATTR: trial_id, STATUS_ATTR: str(trial_status(result, errored=error))}
+            attrs |= {k: float(result[k]) for k in FINAL_METRICS if result and is_finite(result.get(k))}
+            try:
+                for key, value in attrs.items():
+                    trials[trial_id].set_user_attr(key, value)
+            except (RuntimeError, ValueError):  # already finished in the store: told before the driver
+                pass                            # stopped, Tune's restored state did not know
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        from optuna.trial import TrialState
+
+        trials, _, study = ray_compat.optuna_search_state(self)
+        known = {t.number for t in trials.values()}
+        for lost in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if lost.number not in known:
+                storage = study._storage
+                storage.set_trial_user_attr(lost._trial_id, LOST_REASON_ATTR,
+                                            "suggested just before the sweep driver stopped; never ran")
+                storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
+
+
+def make_searcher(spec: SweepSpec, params: dict, storage=None):
+    """The sweep's searcher; `storage` (an Optuna RDBStorage: tracking/study.py) keeps its study
+    in the sweep's store under the sweep's name, None keeps it in memory only."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    where = dict(storage=storage, study_name=spec.name)
     if spec.objective.kind == "pareto":
         sampler = optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_concurrent * 2))
-        return OptunaSearch(space=OptunaSpace(params), metric=["gain", "forgetting"], mode=["max", "min"],
-                            sampler=sampler)
+        return SweepSearch(space=OptunaSpace(params), metric=["gain", "forgetting"], mode=["max", "min"],
+                           sampler=sampler, **where)
     startup = min(10, max(3, spec.budget.num_trials // 3))  # random start, then TPE
     sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
-    return OptunaSearch(space=OptunaSpace(params), metric="objective", mode="max", sampler=sampler)
+    return SweepSearch(space=OptunaSpace(params), metric="objective", mode="max", sampler=sampler, **where)

@@ -43,6 +43,8 @@ REPORT_TRAIN_METRICS = {"tokens": "train/tokens", "tokens_per_s": "train/tokens_
 FINAL_PREFIX = "final/"
 FINAL_METRICS = (*ReportPoint.EVAL_FIELDS, "tokens", "step", "best_objective")
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: nests trial runs under the sweep's run
+STUDY_TAG = "rewarm.optuna_study"  # on the parent run: the Optuna study's name and where it lives
+STUDY_STORAGE_TAG = "rewarm.optuna_storage"  # (its URL without password: sweeps/tracking/study.py)
 SPEC_ARTIFACT = "spec.yaml"  # the sweep's spec on its parent run (`rewarm best --export` reads it)
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -94,15 +96,15 @@ class Tracker:
         return runs[0] if runs else None
 
     def start_parent(self, spec_yaml: str, params: dict, base_reference: dict, search_space: dict,
-                     resume: bool) -> str:
-        """Create the sweep's parent run, or reopen it when resuming."""
+                     resume: bool, tags: dict[str, str] | None = None) -> str:
+        """Create the sweep's parent run, or reopen it when resuming; `tags` are set either way."""
         from mlflow.entities import Metric, Param, RunTag
 
         existing = self.find_parent()
         if existing is not None and resume:
             self.parent_run_id = existing.info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
-            self.client.set_tag(self.parent_run_id, STATUS_TAG, str(SweepStatus.RUNNING))
+            self.set_parent_tags({STATUS_TAG: str(SweepStatus.RUNNING), **(tags or {})})
             return self.parent_run_id
         if resume:  # a resumed sweep's trials belong under the parent run it started with
             raise TrackingError(f"cannot resume sweep {self.sweep!r}: experiment {self.experiment!r} at {self.uri} has "
@@ -118,11 +120,18 @@ class Tracker:
             self.parent_run_id,
             metrics=[Metric(f"{BASE_PREFIX}{k}", v, now, 0) for k, v in _flatten(base_reference).items()],
             params=[Param(k, _param_text(v)) for k, v in params.items()],
-            tags=[RunTag("rewarm.search_space", json.dumps(search_space))])
+            tags=[RunTag("rewarm.search_space", json.dumps(search_space))]
+            + [RunTag(k, v) for k, v in (tags or {}).items()])
         self.client.log_text(self.parent_run_id, spec_yaml, SPEC_ARTIFACT)
         self.client.log_dict(self.parent_run_id, {"base_reference": base_reference, "search_space": search_space},
                              "sweep.json")
         return self.parent_run_id
+
+    def set_parent_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if self.parent_run_id is not None and tags:
+            self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def finish_parent(self, status: SweepStatus, summary: dict | None = None) -> None:
         if self.parent_run_id is None:

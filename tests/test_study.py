@@ -1,0 +1,68 @@
+"""The sweep's Optuna study in a real SQLite store: where it lives, what the searcher writes into
+it, and what a resumed searcher does with trials Tune never saved."""
+
+import optuna
+import pytest
+
+from sweeps.execution.search import SweepSearch, make_searcher
+from sweeps.tracking.study import (LOST_REASON_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR, display_url, load_sweep_study,
+                                   open_study_storage, study_storage_url)
+from sweeps.tracking.store import TrackingError
+from tests.conftest import small_spec
+
+
+@pytest.mark.parametrize("tracking, explicit, expected", [
+    ("sqlite:////data/mlflow.db", None, "sqlite:////data/optuna.db"),
+    ("postgresql+psycopg://u:pw@db:5432/mlflow", None, "postgresql+psycopg://u:pw@db:5432/mlflow"),
+    ("http://mlflow:5000", None, "sqlite:////shared/runs/optuna.db"),
+    ("http://mlflow:5000", "postgresql://u@db/studies", "postgresql://u@db/studies"),
+])
+def test_study_storage_rule(tracking, explicit, expected):
+    assert study_storage_url(tracking, explicit, "/shared/runs") == expected
+
+
+def test_display_url_hides_the_password():
+    assert display_url("postgresql+psycopg://u:secret@db:5432/mlflow") == "postgresql+psycopg://u:***@db:5432/mlflow"
+
+
+def test_missing_study_is_one_line(tmp_path):
+    with pytest.raises(TrackingError, match="no Optuna study 'nope'"):
+        load_sweep_study(f"sqlite:///{tmp_path / 'optuna.db'}", "nope")
+
+
+def _searcher(tmp_path, name="s"):
+    spec = small_spec(tmp_path, name=name, search_space={"name": "default", "params": {}},
+                      budget={"num_trials": 6, "max_concurrent": 1})
+    storage = open_study_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    return make_searcher(spec, spec.knob_params(), storage), storage
+
+
+def test_searcher_writes_values_against_tokens_and_rewarm_status(tmp_path):
+    searcher, storage = _searcher(tmp_path)
+    assert isinstance(searcher, SweepSearch)
+    config = searcher.suggest("t1")
+    for tokens, objective in ((2048, 0.5), (4096, 0.7)):
+        searcher.on_trial_result("t1", {"tokens": tokens, "objective": objective, "training_iteration": 1})
+    searcher.on_trial_complete("t1", {"tokens": 4096, "objective": 0.7, "gain": 1.0, "forgetting": 0.3,
+                                      "status": "running"})  # ended by the scheduler: early_stopped
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.intermediate_values == {2048: 0.5, 4096: 0.7}
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.7
+    assert trial.user_attrs[TUNE_TRIAL_ATTR] == "t1" and trial.user_attrs[STATUS_ATTR] == "early_stopped"
+    assert trial.user_attrs["gain"] == 1.0 and trial.user_attrs["forgetting"] == 0.3
+    assert {k: pytest.approx(v) for k, v in trial.params.items()} == \
+           {k: pytest.approx(v) for k, v in config.items() if k in trial.params}
+
+
+def test_restored_searcher_fails_trials_tune_never_saved(tmp_path):
+    searcher, storage = _searcher(tmp_path)
+    searcher.suggest("t1")
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last state save
+    searcher.suggest("t2")  # then the driver dies
+    restored, _ = _searcher(tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    by_number = {t.number: t for t in optuna.load_study(study_name="s", storage=storage).trials}
+    assert by_number[0].state == optuna.trial.TrialState.RUNNING  # Tune continues it
+    assert by_number[1].state == optuna.trial.TrialState.FAIL and LOST_REASON_ATTR in by_number[1].user_attrs
+    restored.on_trial_complete("t1", {"tokens": 4096, "objective": 0.4, "status": "completed"})
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].value == 0.4
