@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pareto", action="store_true", help="only the gain/forgetting Pareto front")
     p.add_argument("--format", choices=("table", "json", "yaml"), default="table")
     p.add_argument("--export", metavar="FILE", help="write a spec with the best config fixed (for `rewarm train FILE`)")
+    p.add_argument("--register", metavar="NAME", help="register the best trial's model in the MLflow Model Registry "
+                                                      "as NAME with alias 'best' (load it from models:/NAME@best)")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--experiment", help="MLflow experiment (default: search all)")
 
@@ -207,6 +209,14 @@ def _best(args) -> int:
             raise NothingToExport("nothing to export: no trial passes the filters")
         export_spec(client, parent, rows[0], Path(args.export))
         print(f"[rewarm] wrote {args.export}: rerun with `rewarm train {args.export}`", file=sys.stderr)
+    if args.register:
+        from sweeps.tracking.registry import BEST_ALIAS, register_best
+
+        if not rows:
+            raise NothingToExport("nothing to register: no trial passes the filters")
+        version = register_best(client, rows[0]["run_id"], args.register)
+        print(f"[rewarm] registered trial {rows[0]['trial_id']} as model {args.register!r} version {version} "
+              f"(alias {BEST_ALIAS!r}): load it from models:/{args.register}@{BEST_ALIAS}", file=sys.stderr)
     return 0
 
 

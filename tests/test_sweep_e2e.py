@@ -229,3 +229,44 @@ def test_optuna_study_holds_every_trial_and_the_dashboard_serves_it(sweep):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_parent_names_the_best_trial_and_its_registered_model_loads_by_alias(sweep, capsys, monkeypatch):
+    """The winner is on the parent run's tags; `rewarm best --register` puts its best weights in
+    the Model Registry, and `models:/NAME@best` loads into a transformers model whose losses
+    are the trial's own at its best eval."""
+    import mlflow
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sweeps.config.resolve import resolve
+    from trainers.data import load_blocks
+    from trainers.evaluation import validation_loss
+
+    spec, uri, outcome, tmp = sweep
+    client = MlflowClient(uri)
+    best = outcome.best()
+    tags = client.get_run(outcome.parent_run_id).data.tags
+    assert tags["rewarm.best_trial_id"] == best["trial_id"] and tags["rewarm.best_run_id"] == best["run_id"]
+    assert json.loads(tags["rewarm.best_config"]) == best["knobs"]
+    assert float(tags["rewarm.best_objective"]) == pytest.approx(best["metrics"]["objective"])
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = _best(capsys, "--sweep", "e2e", "--tracking-uri", uri, "--register", "e2e-best")
+    assert code == 0 and "models:/e2e-best@best" in err, err
+    assert client.get_model_version_by_alias("e2e-best", "best").run_id == best["run_id"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        path = mlflow.artifacts.download_artifacts("models:/e2e-best@best", dst_path=str(tmp / "registered"))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+
+    objective = client.get_metric_history(best["run_id"], "eval/objective")
+    best_step = max(objective, key=lambda m: m.value).step
+    resolved = resolve(spec)
+    for side, domain in (("L_up", resolved.upstream), ("L_down", resolved.downstream)):
+        logged = {m.step: m.value for m in client.get_metric_history(best["run_id"], f"eval/{side}")}[best_step]
+        measured = validation_loss(model, load_blocks(domain.val), spec.training.eval_batch_size, torch.device("cpu"))
+        assert measured == pytest.approx(logged, abs=1e-5), side

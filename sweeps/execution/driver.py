@@ -28,10 +28,11 @@ from sweeps.execution.schedulers import DivergenceStopper, make_scheduler
 from sweeps.execution.search import make_searcher
 from sweeps.execution.trial import in_process, run_trial, trial_resources
 from sweeps.settings import apply_process_settings
-from sweeps.tracking.statuses import SweepStatus, TrialStatus
+from sweeps.tracking.statuses import SweepStatus
 from sweeps.tracking.store import check_reachable, is_outage
 from sweeps.tracking.study import display_url, open_study_storage
-from sweeps.tracking.tracker import STUDY_STORAGE_TAG, STUDY_TAG, Tracker
+from sweeps.tracking.records import best_summary
+from sweeps.tracking.tracker import STUDY_STORAGE_TAG, STUDY_TAG, Tracker, best_trial_tags
 from trainers import ray_compat
 
 
@@ -42,8 +43,7 @@ class SweepOutcome:
     trials: list[dict]  # one summary per trial: id, knobs, status, final metrics (tracking/records.py)
 
     def best(self) -> dict | None:
-        done = [t for t in self.trials if t["status"] == TrialStatus.COMPLETED and "objective" in t["metrics"]]
-        return max(done, key=lambda t: t["metrics"]["objective"]) if done else None
+        return best_summary(self.trials)
 
 
 def sweep_dir_for(spec: SweepSpec) -> Path:
@@ -202,6 +202,10 @@ def finish_sweep(spec: SweepSpec, tracker: Tracker, callback: SweepCallback, sta
             # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
             tracker.close_orphans()
         trials = callback.summaries()
+        best = best_summary(trials)  # from MLflow's records: right across resumes and retries
+        if best is not None:
+            tracker.set_parent_tags(best_trial_tags(best["trial_id"], best["run_id"], best["metrics"]["objective"],
+                                                    best["knobs"]))
         tracker.finish_parent(status, {"trials": trials, "wall_s": wall_s})
         return trials
     except Exception as exc:

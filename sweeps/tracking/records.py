@@ -7,7 +7,9 @@ import json
 from search_spaces.knobs import KNOBS
 from sweeps.tracking.tracker import (FINAL_METRICS, FINAL_PREFIX, KIND_TAG, KNOB_PARAM_PREFIX, PARENT_RUN_TAG,
                                      STATUS_TAG, SWEEP_KIND, SWEEP_TAG, TRIAL_TAG)
+from sweeps.tracking.statuses import RANKED_STATUSES, rank_key
 from trainers.errors import UserError
+from trainers.report_point import is_finite
 
 UNKNOWN_STATUS = "unknown"  # a run without a status tag (not written by Rewarm)
 
@@ -62,3 +64,9 @@ def _value(text: str):
         return json.loads(text)
     except ValueError:
         return text
+
+
+def best_summary(summaries: list[dict]) -> dict | None:
+    """The winner of `rewarm best`'s order (statuses.rank_key) among trial summaries, if any ranks."""
+    ranked = [t for t in summaries if t["status"] in RANKED_STATUSES and is_finite(t["metrics"].get("objective"))]
+    return min(ranked, key=lambda t: rank_key(t["status"], t["metrics"]["objective"])) if ranked else None

@@ -57,3 +57,14 @@ def trial_status(last_report: dict | None, errored: bool = False) -> TrialStatus
     if status == RunStatus.COMPLETED:
         return TrialStatus.COMPLETED
     return TrialStatus.EARLY_STOPPED  # ended by the scheduler before its budget
+
+
+# The statuses `rewarm best` ranks, and its order: completed trials by final objective, then
+# trials stopped early (their objective is at fewer tokens, so never above a completed one).
+# Diverged and failed trials are never ranked. The sweep's live "best" tags use the same rule.
+RANKED_STATUSES = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
+
+
+def rank_key(status: str, objective: float) -> tuple[bool, float]:
+    """Sort key of a ranked trial: smaller is better."""
+    return status != TrialStatus.COMPLETED, -objective

@@ -45,6 +45,10 @@ FINAL_METRICS = (*ReportPoint.EVAL_FIELDS, "tokens", "step", "best_objective")
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: nests trial runs under the sweep's run
 STUDY_TAG = "rewarm.optuna_study"  # on the parent run: the Optuna study's name and where it lives
 STUDY_STORAGE_TAG = "rewarm.optuna_storage"  # (its URL without password: sweeps/tracking/study.py)
+# On the parent run: the sweep's best trial so far by `rewarm best`'s rule (statuses.rank_key),
+# updated as trials end, so MLflow users find the winner without Rewarm.
+BEST_TRIAL_TAG, BEST_RUN_TAG = "rewarm.best_trial_id", "rewarm.best_run_id"
+BEST_OBJECTIVE_TAG, BEST_CONFIG_TAG = "rewarm.best_objective", "rewarm.best_config"  # config: the knobs, JSON
 SPEC_ARTIFACT = "spec.yaml"  # the sweep's spec on its parent run (`rewarm best --export` reads it)
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -222,11 +226,11 @@ class Tracker:
         values = {k: getattr(point, k) for k in FINAL_METRICS if k in final} | point.task_metrics()
         summary = [Metric(f"{FINAL_PREFIX}{k}", float(v), now, point.step) for k, v in values.items() if is_finite(v)]
         self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, str(status))] + [
-            RunTag(f"rewarm.{name}_checkpoint", str(path)) for name, path in artifacts.items()] + [
+            RunTag(checkpoint_tag(name), str(path)) for name, path in artifacts.items()] + [
             RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
         for name, path in artifacts.items():
             if path.exists() and _dir_size(path) <= ARTIFACT_COPY_LIMIT_BYTES:
-                self.client.log_artifacts(run_id, str(path), f"checkpoints/{name}")
+                self.client.log_artifacts(run_id, str(path), checkpoint_artifact(name))
         for path in files:
             if path.is_file():
                 self.client.log_artifact(run_id, str(path))
@@ -235,6 +239,21 @@ class Tracker:
 
 # Checkpoints above this size are linked (tag with their storage path), not copied.
 ARTIFACT_COPY_LIMIT_BYTES = 64 * 2**20
+
+
+def checkpoint_tag(kind: str) -> str:
+    """The tag holding a trial's `kind` ("final" or "best") checkpoint's path on storage."""
+    return f"rewarm.{kind}_checkpoint"
+
+
+def checkpoint_artifact(kind: str) -> str:
+    """Where a trial's `kind` checkpoint is copied among its run's artifacts (when small enough)."""
+    return f"checkpoints/{kind}"
+
+
+def best_trial_tags(trial_id: str, run_id: str, objective: float, knobs: dict) -> dict[str, str]:
+    return {BEST_TRIAL_TAG: trial_id, BEST_RUN_TAG: run_id, BEST_OBJECTIVE_TAG: repr(float(objective)),
+            BEST_CONFIG_TAG: json.dumps(knobs, sort_keys=True)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:

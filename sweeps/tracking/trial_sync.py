@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sweeps.tracking.statuses import TrialStatus, trial_status
+from sweeps.tracking.statuses import RANKED_STATUSES, TrialStatus, rank_key, trial_status
 from sweeps.tracking.store import check_reachable, is_outage
-from sweeps.tracking.tracker import LoggedMarks, Tracker
+from sweeps.tracking.tracker import LoggedMarks, Tracker, best_trial_tags
+from trainers.report_point import is_finite
 from trainers.run_dir import CURVES_FILE, REPORTS_FILE, CurveLog, TailCursor
 
 OUTAGE_RETRY_S = 5.0  # after a failed MLflow call, wait this long before the next attempt
@@ -43,12 +44,14 @@ class TrialSync:
         self._pending: dict[str, tuple] = {}  # ended trials whose run is not yet closed in MLflow
         self._retry_at = 0.0
         self._in_outage = False
+        self._best: tuple[tuple, str] | None = None  # (rank key, trial id) of the best ended trial
+        self._best_tags: dict[str, str] | None = None  # the parent's best-trial tags, while not yet written
 
     def __getstate__(self):
         return {**self.__dict__, "log": None}  # a log function may not pickle
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"_best": None, "_best_tags": None, **state})
         self.log = self.log or print
 
     # ------------------------------------------------------------------ what the callback calls
@@ -70,7 +73,7 @@ class TrialSync:
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending or self._best_tags)
 
     def last_report(self, trial_id: str) -> dict | None:
         """The trial's own last report point, from its run dir."""
@@ -87,7 +90,7 @@ class TrialSync:
             for trial_id in list(self._runs) + [t for t in self.knobs if t not in self._runs]:
                 self.sync(trial_id)
             self.flush_finished()
-            if not self._pending and not self._in_outage:
+            if not self.has_pending and not self._in_outage:
                 return []
             if time.time() >= deadline:
                 return sorted(self._pending)
@@ -138,6 +141,19 @@ class TrialSync:
             if not closed:
                 return
             del self._pending[trial_id]
+            self._note_ended(trial_id, status, final)
+        if self._best_tags and self._guarded(lambda: self.tracker.set_parent_tags(self._best_tags)):
+            self._best_tags = None
+
+    def _note_ended(self, trial_id: str, status: TrialStatus, final: dict) -> None:
+        """A closed trial that beats the best so far (`rewarm best`'s order) moves the parent's tags."""
+        if status not in RANKED_STATUSES or not is_finite(final.get("objective")):
+            return
+        key = rank_key(status, final["objective"])
+        if self._best is None or key < self._best[0]:
+            self._best = (key, trial_id)
+            self._best_tags = best_trial_tags(trial_id, self._runs[trial_id][0], final["objective"],
+                                              self.knobs.get(trial_id, {}))
 
     def _guarded(self, call) -> bool:
         """Run an MLflow call; an outage is noted (and retried later), anything else raises."""
