@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--experiment", help="MLflow experiment (default: search all)")
 
+    p = sub.add_parser("importance", help="which knob matters for gain, forgetting and the objective (Optuna fANOVA "
+                                          "over the sweep's study; logged to its parent run)")
+    p.add_argument("--sweep", required=True, help="sweep name")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--experiment", help="MLflow experiment (default: search all)")
+
     p = sub.add_parser("report", help="write an HTML report with plots of a sweep (also logged to its MLflow run)")
     p.add_argument("--sweep", required=True, help="sweep name")
     p.add_argument("--out", required=True, help="directory for report.html and its PNGs")
@@ -138,6 +145,8 @@ def _dispatch(args) -> int:
         return _analyze(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "importance":
+        return _importance(args)
     if args.command == "ui":
         return _ui(args)
     if args.command == "resume":
@@ -226,6 +235,20 @@ def _analyze(args) -> int:
 
     result = analyze_sweep(open_client(default_tracking_uri(args.tracking_uri)), args.sweep, args.experiment)
     print(to_json(result) if args.format == "json" else render_table(result["rows"]))
+    return 0
+
+
+def _importance(args) -> int:
+    import json
+
+    from sweeps.results.importance import log_importance, render_importance, sweep_importance
+    from sweeps.tracking.store import default_tracking_uri, open_client
+
+    uri = default_tracking_uri(args.tracking_uri)
+    client = open_client(uri)
+    result = sweep_importance(client, args.sweep, uri, args.experiment)
+    print(json.dumps(result, indent=2) if args.format == "json" else render_importance(result))
+    log_importance(client, result)
     return 0
 
 
