@@ -1,4 +1,10 @@
-"""Loss-perspective fits on synthetic data with a known threshold, and literal tables."""
+"""Loss-perspective fits on synthetic data with a known threshold, and literal tables.
+
+The tables were written against the hand-written PAVA, ranks and bootstrap; they now check the
+SciPy-backed code (isotonic_regression, spearmanr, bootstrap) and hold unchanged.
+"""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +62,24 @@ def test_spearman_literal_table():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # d = ranks differences (0, 0, 1, -1): rho = 1 - 6 * 2 / (4 * 15) = 0.8
     assert spearman([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(0.8)
+    # Ties share their average rank: x ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): rho = 4.5 / sqrt(4.5 * 5)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    # A constant side has no rank correlation: NaN, and no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_bootstrap_threshold_literal_table():
+    # One trial: every resample of it is that trial, so the interval is the point (chance down to 2.0, then 0.2/nat).
+    loss = [3, 2.5, 2, 1.5, 1]
+    metric = [0.25, 0.25, 0.25, 0.35, 0.45]
+    fit = bootstrap_threshold(loss, metric, ["a"] * 5, chance=0.25)
+    assert fit["theta"] == fit["theta_lo"] == fit["theta_hi"] == pytest.approx(2.0)
+    assert fit["slope"] == pytest.approx(0.2) and fit["r2_vs_chance"] == pytest.approx(1.0)
+    # The same fit, whatever the trials picked: a degenerate interval with two trials too.
+    fit = bootstrap_threshold(loss * 2, metric * 2, ["a"] * 5 + ["b"] * 5, chance=0.25, samples=50)
+    assert (fit["theta"], fit["theta_lo"], fit["theta_hi"], fit["samples"]) == pytest.approx((2.0, 2.0, 2.0, 50))
 
 
 def test_loss_predicts_the_metric_of_held_out_trials():

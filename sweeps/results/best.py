@@ -4,7 +4,7 @@ Ranking rules: completed trials first, by final objective; trials stopped early 
 scheduler after them (their objective is at fewer tokens, so not comparable); diverged
 and failed trials are never ranked. `--max-forgetting E` keeps trials whose final
 forgetting is at most E nats/token. `--pareto` lists the completed trials no other
-completed trial beats on both gain (higher) and forgetting (lower).
+completed trial beats on both gain (higher) and forgetting (lower) (`sweeps/results/pareto.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from search_spaces.knobs import KNOBS
+from sweeps.results.pareto import pareto_front
 from sweeps.tracking.records import SweepNotFound
 from sweeps.tracking.statuses import TrialStatus
 from sweeps.tracking.tracker import SPEC_ARTIFACT, SWEEP_TAG
@@ -30,9 +31,7 @@ def rank(trials: list[dict], top: int | None = None, max_forgetting: float | Non
         pool = [t for t in pool if t.get("forgetting", float("inf")) <= max_forgetting]
     if pareto:
         done = [t for t in pool if t["status"] == TrialStatus.COMPLETED]
-        pool = [t for t in done if not any(
-            o is not t and o["gain"] >= t["gain"] and o["forgetting"] <= t["forgetting"]
-            and (o["gain"] > t["gain"] or o["forgetting"] < t["forgetting"]) for o in done)]
+        pool = [done[i] for i in sorted(pareto_front([(t["gain"], t["forgetting"]) for t in done]))]
     pool.sort(key=lambda t: (t["status"] != TrialStatus.COMPLETED, -t["objective"]))
     ranked = [{"rank": i + 1, **t} for i, t in enumerate(pool)]
     return ranked[:top] if top else ranked

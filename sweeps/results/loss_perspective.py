@@ -2,42 +2,32 @@
 
 Pure functions over (loss, metric) points, where each point is one eval of one trial:
 - `monotone_fit`: the best least-squares fit of the metric that only improves as loss falls
-  (pool-adjacent-violators), i.e. "performance is a function of loss" with no shape assumed;
+  (pool-adjacent-violators, `scipy.optimize.isotonic_regression`), i.e. "performance is a
+  function of loss" with no shape assumed;
 - `threshold_fit`: a broken stick: the metric sits at chance while loss >= theta and improves
   linearly below it; theta is "the loss below which the task leaves chance";
 - `bootstrap_threshold`: theta's uncertainty, resampling whole trials (points of one trial are
-  not independent);
-- `spearman`: rank correlation of loss and metric;
+  not independent), a percentile interval from `scipy.stats.bootstrap`;
+- `spearman`: rank correlation of loss and metric (`scipy.stats.spearmanr`);
 - `loss_predicts_metric`: leave-one-trial-out error of the monotone fit against predicting
   the mean, i.e. how well loss alone predicts the metric on a trial with another LR and replay.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy import stats
+from scipy.optimize import isotonic_regression
 
 
 def monotone_fit(loss, metric, higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(sorted losses, fitted metric): non-increasing in loss for higher-is-better metrics."""
     loss, metric = np.asarray(loss, float), np.asarray(metric, float)
     order = np.argsort(-loss)  # from high loss to low loss the metric may only improve
-    y = metric[order] if higher_is_better else -metric[order]
-    # Pool adjacent violators for a non-decreasing sequence.
-    values, weights, sizes = [], [], []
-    for v in y:
-        values.append(v)
-        weights.append(1.0)
-        sizes.append(1)
-        while len(values) > 1 and values[-2] > values[-1]:
-            w = weights[-2] + weights[-1]
-            v = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
-            s = sizes[-2] + sizes[-1]
-            del values[-2:], weights[-2:], sizes[-2:]
-            values.append(v)
-            weights.append(w)
-            sizes.append(s)
-    fitted = np.repeat(values, sizes)
-    return loss[order], fitted if higher_is_better else -fitted
+    fitted = isotonic_regression(metric[order], increasing=higher_is_better).x
+    return loss[order], fitted
 
 
 def predict_monotone(x_sorted_desc: np.ndarray, fitted: np.ndarray, loss) -> np.ndarray:
@@ -73,41 +63,35 @@ def threshold_fit(loss, metric, chance: float, higher_is_better: bool = True) ->
 
 def bootstrap_threshold(loss, metric, groups, chance: float, higher_is_better: bool = True,
                         samples: int = 200, seed: int = 0, level: float = 0.9) -> dict:
-    """theta with a bootstrap interval over groups (trials); returns theta, lo, hi."""
+    """theta with a percentile bootstrap interval over groups (trials); returns theta, lo, hi.
+
+    The resampled unit is a group: SciPy resamples the group indices (with replacement, as many
+    as there are groups) and the statistic refits theta on the points of the picked groups.
+    """
     loss, metric, groups = np.asarray(loss, float), np.asarray(metric, float), np.asarray(groups)
     point = threshold_fit(loss, metric, chance, higher_is_better)
-    ids = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in ids}
-    rng = np.random.default_rng(seed)
-    thetas = []
-    for _ in range(samples):
-        pick = np.concatenate([members[g] for g in rng.choice(ids, size=len(ids), replace=True)])
-        thetas.append(threshold_fit(loss[pick], metric[pick], chance, higher_is_better)["theta"])
-    lo, hi = np.quantile(thetas, [(1 - level) / 2, (1 + level) / 2])
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    if len(members) < 2:
+        # SciPy needs two observations to resample; every resample of one trial is that trial.
+        lo = hi = point["theta"]
+    else:
+        def theta_of(picked):
+            pick = np.concatenate([members[int(i)] for i in picked])
+            return threshold_fit(loss[pick], metric[pick], chance, higher_is_better)["theta"]
+
+        # Same draws as rng.choice(groups) per resample, and the same linear quantiles: the
+        # interval is the one the hand-written loop gave. `rng=` needs SciPy >= 1.15.
+        res = stats.bootstrap((np.arange(len(members)),), theta_of, n_resamples=samples, vectorized=False,
+                              confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+        lo, hi = res.confidence_interval
     return {**point, "theta_lo": float(lo), "theta_hi": float(hi), "level": level, "samples": samples}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), 1-based."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(x, y) -> float:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx @ rx) * (ry @ ry))
-    return float(rx @ ry / denom) if denom > 0 else float("nan")
+    """Spearman's rho (ties share their average rank); NaN when either side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)  # the NaN says it
+        return float(stats.spearmanr(np.asarray(x, float), np.asarray(y, float)).statistic)
 
 
 def loss_predicts_metric(loss, metric, groups, higher_is_better: bool = True) -> dict:

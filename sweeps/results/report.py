@@ -20,6 +20,7 @@ import numpy as np
 from search_spaces.knobs import KNOBS, Knob
 from sweeps.results.analyze import analyze_sweep, render_table
 from sweeps.results.best import rank
+from sweeps.results.pareto import pareto_front
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus
 from sweeps.tracking.tracker import EVAL_PREFIX, STEP_METRICS
@@ -100,15 +101,6 @@ def plot_schedules(trials, hist, tokens_per_step, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of (gain, forgetting) points no other point beats on both (more gain, less forgetting)."""
-    front = []
-    for i, (g, f) in enumerate(points):
-        if not any((g2 >= g and f2 <= f) and (g2 > g or f2 < f) for j, (g2, f2) in enumerate(points) if j != i):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][1])
 
 
 def plot_tradeoff(trials, chosen, path: Path) -> None:
