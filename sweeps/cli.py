@@ -13,7 +13,7 @@ import os
 import sys
 
 from sweeps.config.layout import DEFAULT_STORAGE_PATH
-from sweeps.settings import apply_process_settings
+from sweeps.settings import VERBOSE_ENV, apply_process_settings
 from trainers.errors import UserError
 from trainers.run_dir import CURVES_FILE
 
@@ -30,6 +30,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewarm", description="Continual pre-training sweeps: re-warming, replay, forgetting.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="let Ray's and MLflow's own notices (INFO lines, warnings) reach the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a spec without running it")
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
     apply_process_settings()
     try:
         return _dispatch(args)

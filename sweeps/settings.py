@@ -33,7 +33,16 @@ PROCESS_SETTINGS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
     ray_compat.TUNE_NEW_OUTPUT_ENV: "0",
+    # MLflow's INFO lines (database tables created, experiment created) are not the user's
+    # business; `rewarm -v` (or MLFLOW_LOGGING_LEVEL=INFO) shows them. Read at `import mlflow`.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
+# `rewarm -v` sets it: library notices (Ray's, MLflow's) reach the terminal (sweeps/execution/cluster.py).
+VERBOSE_ENV = "REWARM_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def apply_process_settings() -> None:

@@ -123,3 +123,21 @@ def test_optuna_search_keeps_its_trials_completions_and_study_where_rewarm_reads
     assert set(trials) == {"t1"} and isinstance(trials["t1"], optuna.trial.Trial)
     searcher.on_trial_complete("t1", {"m": 1.0})
     assert completed == {"t1"} and isinstance(study, optuna.Study) and study.trials[0].value == 1.0
+
+
+def test_ray_prints_raylet_notices_through_the_function_rewarm_filters(capsys):
+    import logging
+
+    import ray._private.worker as worker
+
+    assert ray_compat.drop_driver_notices(("have been started on node",))
+    worker.print_to_stdstream({"lines": ["WARNING: 9 PYTHON worker processes have been started on node: x"],
+                               "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "have been started" not in out and "A worker died or was killed" in out
+    import ray._private.authentication.authentication_token_setup as token_setup
+
+    assert token_setup.logger is logging.getLogger(ray_compat.TOKEN_AUTH_LOGGER)
+    assert inspect.getsource(token_setup).count("Token authentication is enabled") == 1

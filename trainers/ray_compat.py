@@ -91,6 +91,39 @@ def optuna_search_state(searcher) -> tuple[dict, set, object]:
     return searcher._ot_trials, searcher._completed_trials, searcher._ot_study
 
 
+# Logs a WARNING at every ray.init that token authentication is on (it is, by default, and
+# should stay on): a notice, not a problem (ray/_private/authentication/).
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_NOTICE_FILTER_MARK = "_rewarm_notice_filter"
+
+
+def drop_driver_notices(patterns: tuple[str, ...]) -> bool:
+    """Keep messages the raylet pushes to the driver's terminal out of it when they contain
+    one of `patterns` (anything else, errors included, still prints).
+
+    Ray prints them from a thread of its own (ray/_private/worker.py: listen_error_messages ->
+    print_to_stdstream) with raw ANSI colour codes, e.g. the raylet's "N PYTHON worker processes
+    have been started" notice, which a 2-core machine starting trial processes triggers.
+    Returns whether the filter is installed (False where Ray moved the function).
+    """
+    import ray._private.worker as worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        return False
+    if getattr(original, _NOTICE_FILTER_MARK, False):
+        return True
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet" and any(p in line for line in data.get("lines", []) for p in patterns):
+            return None
+        return original(data, *args, **kwargs)
+
+    setattr(print_to_stdstream, _NOTICE_FILTER_MARK, True)
+    worker.print_to_stdstream = print_to_stdstream
+    return True
+
+
 _UPLOADS_MARK = "_rewarm_serialized_uploads"
 
 

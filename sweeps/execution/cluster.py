@@ -6,10 +6,13 @@ import logging
 import os
 import socket
 
-from sweeps.settings import apply_process_settings, cluster_env_vars
+from sweeps.settings import apply_process_settings, cluster_env_vars, verbose
 from trainers import ray_compat
 
 TRIAL_SLOT = "rewarm_trial_slot"  # custom resource a Ray Train trial's driver holds instead of a CPU
+# Raylet notices kept out of the terminal (ray_compat.drop_driver_notices): trial processes
+# starting on a small machine exceed the raylet's "expected startup concurrency", harmlessly.
+RAYLET_NOTICES = ("worker processes have been started on node",)
 
 
 def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 64) -> dict:
@@ -24,6 +27,10 @@ def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 
     apply_process_settings()  # before Ray starts: its processes inherit this environment
     if ray.is_initialized():
         return ray.cluster_resources()
+    quiet = quiet and not verbose()
+    if quiet:  # notices, not problems; `rewarm -v` shows them
+        logging.getLogger(ray_compat.TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
+        ray_compat.drop_driver_notices(RAYLET_NOTICES)
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
     if address:
