@@ -24,3 +24,10 @@ KNOBS: tuple[str, ...] = tuple(k.value for k in Knob)  # plain strings: safe as 
 def knob_values(config: dict) -> dict[str, object]:
     """The knobs of a trial config (Tune's config, a trial record), in knob order, as plain keys."""
     return {k: config[k] for k in KNOBS if k in config}
+
+
+def format_knobs(knobs: dict) -> str:
+    """`warmup_frac=0.011 max_lr=0.00519 ...`: knob values at the precision a person reads
+    (3 significant digits; the exact values are in MLflow's params)."""
+    return " ".join(f"{k}={knobs[k]:.3g}" if isinstance(knobs[k], float) else f"{k}={knobs[k]}"
+                    for k in KNOBS if k in knobs)

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="print (or run) the MLflow UI command for the sweep's store")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--sweep", help="open on this sweep's runs (default: the newest sweep's experiment)")
     p.add_argument("--run", action="store_true", help="start the UI instead of printing the command")
     return parser
 
@@ -263,7 +264,8 @@ def _report(args) -> int:
     from sweeps.results.report import write_report
     from sweeps.tracking.store import default_tracking_uri, open_client
 
-    page = write_report(open_client(default_tracking_uri(args.tracking_uri)), args.sweep, Path(args.out), args.experiment)
+    uri = default_tracking_uri(args.tracking_uri)
+    page = write_report(open_client(uri), args.sweep, Path(args.out), args.experiment, tracking_uri=uri)
     print(f"[rewarm] report: {page.resolve()}")
     return 0
 
@@ -272,18 +274,35 @@ def _ui(args) -> int:
     import shlex
     from pathlib import Path
 
-    from sweeps.tracking.store import default_artifact_location, default_tracking_uri
+    from sweeps.tracking.store import default_artifact_location, default_tracking_uri, open_client
 
     uri = default_tracking_uri(args.tracking_uri)
     cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", default_artifact_location(uri)]
+    page = _ui_page(open_client(uri), args.sweep, args.port)
     if not args.run:
         print(shlex.join(cmd))
+        print(f"then open {page}")
         return 0
+    print(f"[rewarm] MLflow UI starting; open {page}", flush=True)
     os.execv(cmd[0], cmd)
     return 0
+
+
+def _ui_page(client, sweep: str | None, port: int) -> str:
+    """The UI page of the sweep's runs (else of the newest sweep's experiment).
+
+    MLflow 3.17's UI opens every experiment on its GenAI overview ("no data") unless the page
+    asks for the machine-learning view: the experiment's kind tag alone does not (checked in
+    headless Chromium, docs/ARCHITECTURE.md).
+    """
+    from sweeps.tracking.records import load_sweep, newest_sweep_experiment
+
+    experiment_id = load_sweep(client, sweep)[0].info.experiment_id if sweep else newest_sweep_experiment(client)
+    where = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
 
 
 class NothingToExport(UserError):

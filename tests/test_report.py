@@ -81,7 +81,7 @@ def report(task_sweep, rewarm_bin):
 def test_report_writes_the_page_and_every_plot_and_logs_them(report):
     out, uri, outcome = report
     page = (out / "report.html").read_text()
-    for name in ("curves", "schedules", "tradeoff", "parallel", "tasks"):
+    for name in ("curves", "schedules", "tradeoff", "parallel", "importance", "tasks"):
         assert (out / f"{name}.png").stat().st_size > 5000, name  # a real plot, not an empty canvas
         assert f'id="plot-{name}"' in page
     assert "Chosen config" in page and "threshold" in page
@@ -103,5 +103,51 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     match = re.search(r"data-plots=\"([^\"]*)\"", proc.stdout)
     assert match, "the page's load handler did not run"
     plots = json.loads(match.group(1).replace("&quot;", '"'))
-    assert {p["id"] for p in plots} == {f"plot-{n}" for n in ("curves", "schedules", "tradeoff", "parallel", "tasks")}
+    assert {p["id"] for p in plots} == {f"plot-{n}" for n in
+                                        ("curves", "schedules", "tradeoff", "parallel", "importance", "tasks")}
     assert all(p["ok"] and p["w"] > 300 and p["h"] > 200 for p in plots), plots
+
+
+def _chromium_text(chromium: str, url: str, profile) -> str:
+    """The page's visible text after its scripts ran, in headless Chromium."""
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", proc.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def test_rewarm_ui_opens_on_the_sweeps_runs_in_headless_chromium(task_sweep, rewarm_bin, tmp_path):
+    """MLflow 3's UI shows an experiment on its GenAI overview ("No data available") unless asked
+    for the machine-learning view; the page `rewarm ui` opens must list the sweep's runs."""
+    import time
+    import urllib.request
+
+    from tests.mlflow_server import free_port
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    require(chromium is not None, "Debian's chromium")
+    uri, outcome, _ = task_sweep
+    port = free_port()
+    ui = subprocess.Popen([rewarm_bin, "ui", "--run", "--sweep", "tasks", "--tracking-uri", uri, "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        first = ui.stdout.readline()
+        page = re.search(r"open (http\S+)", first).group(1)
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert ui.poll() is None and time.time() < deadline, "the MLflow UI did not start"
+                time.sleep(1)
+        text = _chromium_text(chromium, page, tmp_path / "profile")
+        assert "Runs" in text and f"{len(outcome.trials) + 1} matching runs" in text, text[:2000]
+        assert "No data available" not in text
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)

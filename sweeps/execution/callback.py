@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from search_spaces.knobs import KNOBS, knob_values
+from search_spaces.knobs import format_knobs, knob_values
 from sweeps.decisions.stop_rule import STOP
 from sweeps.tracking.records import trial_record, trial_summary
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus, trial_status
@@ -35,14 +35,6 @@ def stop_tags(decisions_file: Path) -> dict[str, str]:
     verdict = stops[-1] if stops else last
     return {"rewarm.stopper.decisions": str(len(decisions)), "rewarm.stopper.last_action": verdict["action"],
             "rewarm.stopper.reason": f"at {verdict['tokens']} tokens: {verdict['reason']}"}
-
-
-def format_knobs(knobs: dict) -> str:
-    parts = []
-    for k in KNOBS:
-        v = knobs.get(k)
-        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
 
 
 class SweepCallback(Callback):

@@ -2,9 +2,10 @@
 
 Plots, all read back from MLflow: L_up and L_down against tokens for every trial (coloured by
 max LR, stopped trials marked), the LR schedules actually run, gain vs forgetting with the
-Pareto front and the chosen config, a parallel-coordinates view of knobs vs objective, and
-per-task metric vs L_down with the fitted threshold. The page embeds the PNGs (base64) so it
-can be mailed or opened anywhere; it is also logged to the sweep's parent run.
+Pareto front and the chosen config, a parallel-coordinates view of knobs vs objective, which
+knob matters (rewarm importance), and per-task metric vs L_down with the fitted threshold.
+The page embeds the PNGs (base64) so it can be mailed or opened anywhere; it is also logged
+to the sweep's parent run.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from search_spaces.knobs import KNOBS, Knob
+from search_spaces.knobs import Knob, format_knobs
 from sweeps.results.analyze import analyze_sweep, render_table
 from sweeps.results.best import rank
+from sweeps.results.importance import TARGETS, sweep_importance
 from sweeps.results.pareto import pareto_front
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus
@@ -27,7 +29,6 @@ from sweeps.tracking.tracker import EVAL_PREFIX, STEP_METRICS
 from trainers.report_point import TASK_PREFIX
 from trainers.errors import UserError
 
-PLOTS = ("curves", "schedules", "tradeoff", "parallel", "tasks")
 L_DOWN, L_UP, TRAIN_LR = f"{EVAL_PREFIX}L_down", f"{EVAL_PREFIX}L_up", STEP_METRICS["lr"]
 
 
@@ -180,7 +181,29 @@ def plot_tasks(analysis: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(client, sweep: str, out_dir: Path, experiment: str | None = None) -> Path:
+def plot_importance(result: dict, path: Path) -> None:
+    """Knob importance for each target (rewarm importance), one group of bars per knob."""
+    plt = _plt()
+    knobs = sorted(result["searched"], key=lambda k: -result["importance"]["objective"][k])
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.8 * len(knobs)))
+    height = 0.8 / len(TARGETS)
+    for i, target in enumerate(TARGETS):
+        ax.barh([j + i * height for j in range(len(knobs))], [result["importance"][target][k] for k in knobs],
+                height=height, label=target)
+    ax.set_yticks([j + height for j in range(len(knobs))], knobs)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"importance (Optuna fANOVA over {result['trials']} completed trials; each target sums to 1)")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(client, sweep: str, out_dir: Path, experiment: str | None = None,
+                 tracking_uri: str | None = None) -> Path:
+    """The report page of `sweep` in `out_dir`; `tracking_uri` (the client's store) finds the
+    sweep's Optuna study for the knob-importance plot."""
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"--out {out_dir} exists and is not a directory")
@@ -199,13 +222,18 @@ def write_report(client, sweep: str, out_dir: Path, experiment: str | None = Non
     plot_tradeoff(trials, chosen, out_dir / "tradeoff.png")
     plot_parallel(trials, out_dir / "parallel.png")
     plot_tasks(analysis, out_dir / "tasks.png")
+    try:
+        importance = sweep_importance(client, sweep, tracking_uri or client.tracking_uri, experiment)
+        plot_importance(importance, out_dir / "importance.png")
+    except UserError as exc:  # too few completed trials, or a sweep kept no study: say which
+        importance = str(exc)
     page = out_dir / "report.html"
-    page.write_text(_html(sweep, trials, chosen, analysis, out_dir))
+    page.write_text(_html(sweep, trials, chosen, analysis, importance, out_dir))
     client.log_artifacts(parent.info.run_id, str(out_dir), "report")
     return page
 
 
-def _html(sweep, trials, chosen, analysis, out_dir: Path) -> str:
+def _html(sweep, trials, chosen, analysis, importance: dict | str, out_dir: Path) -> str:
     def img(name, caption):
         data = base64.b64encode((out_dir / f"{name}.png").read_bytes()).decode()
         return (f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(caption)}" '
@@ -213,7 +241,7 @@ def _html(sweep, trials, chosen, analysis, out_dir: Path) -> str:
 
     counts = {s: sum(t["status"] == s for t in trials) for s in ENDED_STATUSES}
     best = (f"<p><b>Chosen config</b> ({html.escape(str(chosen['trial_id']))}): "
-            + ", ".join(f"{k}={html.escape(str(chosen.get(k)))}" for k in KNOBS)
+            + html.escape(format_knobs(chosen)).replace(" ", ", ")
             + f" &mdash; objective {chosen.get('objective', float('nan')):+.4f}, gain {chosen.get('gain', float('nan')):+.4f}, "
             f"forgetting {chosen.get('forgetting', float('nan')):+.4f}</p>") if chosen else "<p>No ranked trial.</p>"
     # The script records how each plot decoded, for the headless-browser check (tests/test_report.py).
@@ -232,6 +260,9 @@ pre{{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:12px}}</style></he
 {img("schedules", "The LR schedules actually run")}
 {img("tradeoff", "Gain vs forgetting, with the Pareto front and the chosen config")}
 {img("parallel", "Knobs vs objective")}
+<h2>Which knob matters</h2>
+{img("importance", "Knob importance for the objective, gain and forgetting") if isinstance(importance, dict)
+ else f"<p>{html.escape(importance)}</p>"}
 <h2>Downstream tasks vs pre-training loss</h2>
 <pre>{html.escape(render_table(analysis["rows"]))}</pre>
 {img("tasks", "Task metric vs L_down with the fitted threshold (the loss below which the task leaves chance)")}

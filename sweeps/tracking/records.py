@@ -39,6 +39,14 @@ def load_sweep(client, sweep: str, experiment: str | None = None):
     return parent, [trial_record(r) for r in children]
 
 
+def newest_sweep_experiment(client) -> str | None:
+    """The experiment id of the newest sweep in the store (None when there is none)."""
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiment_ids, filter_string=f"tags.`{KIND_TAG}` = '{SWEEP_KIND}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+    return parents[0].info.experiment_id if parents else None
+
+
 def trial_record(run) -> dict:
     """A trial run as one flat dict: trial_id, run_id, status, its knobs and its final metrics."""
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params

@@ -43,6 +43,9 @@ REPORT_TRAIN_METRICS = {"tokens": "train/tokens", "tokens_per_s": "train/tokens_
 FINAL_PREFIX = "final/"
 FINAL_METRICS = (*ReportPoint.EVAL_FIELDS, "tokens", "step", "best_objective")
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: nests trial runs under the sweep's run
+# MLflow 3's UI shows an experiment without this tag as a GenAI one (traces, "no data");
+# a sweep is model training, which the UI calls "custom_model_development".
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 STUDY_TAG = "rewarm.optuna_study"  # on the parent run: the Optuna study's name and where it lives
 STUDY_STORAGE_TAG = "rewarm.optuna_storage"  # (its URL without password: sweeps/tracking/study.py)
 # On the parent run: the sweep's best trial so far by `rewarm best`'s rule (statuses.rank_key),
@@ -87,9 +90,12 @@ class Tracker:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 self.experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=default_artifact_location(self.uri))
+                    self.experiment, artifact_location=default_artifact_location(self.uri),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             else:
                 self.experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return self.experiment_id
 
     def find_parent(self):
