@@ -47,7 +47,7 @@ def grid_configs(spec) -> list[dict]:
 
 # Spec fields that change neither training nor the (loss-based) objective: a cache stays valid
 # across them. Task settings matter only when a task is part of the objective.
-_NOT_IN_GROUND_TRUTH = {"name", "budget", "scheduler", "tracking", "tasks"}
+_NOT_IN_GROUND_TRUTH = {"name", "budget", "scheduler", "tracking", "tasks", "retention"}  # none changes a curve
 
 
 def fingerprint(spec) -> str:

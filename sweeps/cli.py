@@ -195,7 +195,10 @@ def _sweep(spec, args, resume: bool) -> int:
     from sweeps.results.best import rank, render
     from sweeps.tracking.statuses import TrialStatus
 
-    outcome = run_sweep(spec, address=args.address, resume=resume)
+    from sweeps.execution.progress import ProgressView
+
+    with ProgressView() as view:  # a live panel in a terminal; plain lines in a file or pipe
+        outcome = run_sweep(spec, address=args.address, resume=resume, log=view.line, progress=view)
     trials = [{"trial_id": t["trial_id"], "status": t["status"], **t["knobs"], **t["metrics"]} for t in outcome.trials]
     count = {s: sum(t["status"] == s for t in trials) for s in TrialStatus}
     print(f"[rewarm] sweep {spec.name} done: {len(trials)} trials "
@@ -211,14 +214,19 @@ def _sweep(spec, args, resume: bool) -> int:
 def _best(args) -> int:
     from pathlib import Path
 
-    from sweeps.results.best import export_spec, rank, render
+    from sweeps.results.best import export_spec, format_bytes, rank, render
     from sweeps.tracking.records import load_sweep
     from sweeps.tracking.store import default_tracking_uri, open_client
+    from sweeps.tracking.tracker import BYTES_HELD_METRIC
 
     client = open_client(default_tracking_uri(args.tracking_uri))
     parent, trials = load_sweep(client, args.sweep, args.experiment)
     rows = rank(trials, top=args.top, max_forgetting=args.max_forgetting, pareto=args.pareto)
     print(render(rows, args.format))
+    held = parent.data.metrics.get(BYTES_HELD_METRIC)
+    if held is not None:
+        print(f"[rewarm] the sweep's trials hold {format_bytes(held)} on storage (after its last retention pass)",
+              file=sys.stderr)
     if args.export:
         if not rows:
             raise NothingToExport("nothing to export: no trial passes the filters")

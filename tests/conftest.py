@@ -92,6 +92,8 @@ def small_spec(tmp_path=None, **sections):
     from sweeps.config.loading import validate_spec
 
     raw = copy.deepcopy(SMALL_RUN)
+    if tmp_path is not None:  # never the default store in the working directory (the repo)
+        raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     for key, value in sections.items():
         if isinstance(value, dict):
             node = raw.setdefault(key, {})

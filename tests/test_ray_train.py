@@ -41,6 +41,25 @@ def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, 
     assert resumed.status == "completed"
     assert _key(read_curve(resumed.run_dir)) == _key(read_curve(full.run_dir))
     assert resumed.metrics["L_down"] == full.metrics["L_down"]
+    # Each run is one MLflow run, like a sweep trial; "part" was continued, not duplicated.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(spec.tracking_uri())
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`rewarm.kind` = 'run'")
+    by_name = {}
+    for r in runs:
+        by_name.setdefault(r.data.tags["rewarm.trial_id"], []).append(r)
+    assert sorted(by_name) == ["full", "part"] and all(len(v) == 1 for v in by_name.values())
+    for name in ("full", "part"):
+        (run,) = by_name[name]
+        assert run.info.status == "FINISHED" and run.data.tags["rewarm.status"] == "completed"
+        assert run.data.params["knob.max_lr"] == "0.003" and "training.global_batch_size" in run.data.params
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, full.metrics["step"] + 1))  # every step once, across the resume
+        assert run.data.metrics["final/L_down"] == pytest.approx(full.metrics["L_down"])
+        assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert {"checkpoints/final", "checkpoints/best"} <= {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
 
 
 def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):

@@ -55,7 +55,8 @@ def test_parent_and_child_runs_are_complete(sweep):
         # workers are torn down; those were trained, so they are logged too.
         assert logged == list(range(1, len(logged) + 1)) and len(logged) >= steps_trained
         for key in ("train/lr", "train/grad_norm", "train/tokens", "eval/L_up", "eval/L_down", "eval/gain",
-                    "eval/forgetting", "eval/objective"):
+                    "eval/forgetting", "eval/objective", "system/cpu_utilization_percentage",
+                    "system/system_memory_usage_megabytes"):
             assert client.get_metric_history(child.info.run_id, key), key
         if child.data.tags["rewarm.status"] == "completed":
             assert steps_trained == spec.steps_per_trial
@@ -270,3 +271,30 @@ def test_parent_names_the_best_trial_and_its_registered_model_loads_by_alias(swe
         logged = {m.step: m.value for m in client.get_metric_history(best["run_id"], f"eval/{side}")}[best_step]
         measured = validation_loss(model, load_blocks(domain.val), spec.training.eval_batch_size, torch.device("cpu"))
         assert measured == pytest.approx(logged, abs=1e-5), side
+
+
+def test_retention_reclaimed_stopped_trials_and_kept_the_best(sweep):
+    """The default retention policy ran as trials ended: trials stopped early lost their
+    checkpoints (MLflow's links rewritten first), completed ones kept their final checkpoint
+    and best model, and the parent run says what the sweep holds. The winner's model still
+    loads (test above: registered by alias and loaded)."""
+    from sweeps.tracking.retention import RECLAIMED_PREFIX, dir_bytes
+    from trainers.run_dir import list_checkpoints
+
+    spec, uri, outcome, tmp = sweep
+    trials_root = tmp / "runs" / "e2e" / "trials"
+    client = MlflowClient(uri)
+    stopped = [t for t in outcome.trials if t["status"] in ("early_stopped", "diverged")]
+    assert stopped, "the sweep stopped no trial, so it cannot show reclaiming"
+    for t in outcome.trials:
+        directory, tags = trials_root / t["trial_id"], client.get_run(t["run_id"]).data.tags
+        checkpoints = list_checkpoints(directory)
+        if t["status"] == "completed":
+            assert len(checkpoints) == 1 and (directory / "best_model").exists()
+            assert tags["rewarm.final_checkpoint"] == str(checkpoints[0])
+        elif t in stopped:
+            assert not checkpoints and not (directory / "best_model").exists()
+            for kind in ("final", "best"):
+                assert tags.get(f"rewarm.{kind}_checkpoint", RECLAIMED_PREFIX).startswith(RECLAIMED_PREFIX)
+    held = client.get_metric_history(outcome.parent_run_id, "storage/bytes_held")
+    assert held and max(held, key=lambda m: m.timestamp).value == dir_bytes(trials_root) > 0

@@ -27,10 +27,11 @@ def test_knobs_are_what_a_trial_config_is_built_from():
 def test_a_report_point_survives_the_wire():
     point = ReportPoint(tokens=2048, step=1, status=RunStatus.COMPLETED, loss=3.5, lr=1e-3, L_up=3.0, L_down=4.0,
                         gain=0.1, forgetting=0.05, objective=0.05, tasks={"t": {"accuracy": 0.5, "brier": 0.7}},
-                        time_first_step=1.0, time_report=2.0)
+                        system={"cpu_utilization_percentage": 40.0}, time_first_step=1.0, time_report=2.0)
     wire = point.to_result()
     assert wire["status"] == "completed" and type(wire["status"]) is str
     assert wire["task/t/accuracy"] == 0.5 and wire["time/report"] == 2.0 and "replay_share" not in wire
+    assert wire["system/cpu_utilization_percentage"] == 40.0
     back = ReportPoint.from_result({**wire, "training_iteration": 3, "trial_id": "x"})  # Tune's own keys ignored
     assert back == point
 

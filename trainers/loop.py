@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from trainers import distributed as dist_utils
+from trainers import system_metrics
 from trainers.checkpoint import CheckpointError, TrainState, capture_rng, load_checkpoint, save_checkpoint
 from trainers.config import TrialConfig
 from trainers.data import load_blocks
@@ -213,7 +214,7 @@ class Trainer:
             # The realised replay ratio over the steps since the last report point.
             replay_share=(sum(r["upstream_seqs"] for r in pending) / (len(pending) * cfg.loop.global_batch_size)
                           if pending else 0.0),
-            world_size=self.world,
+            world_size=self.world, system=system_metrics.sample(self.device) if self.rank == 0 else {},
             warmup_tokens=warmup_steps(cfg.schedule, cfg.loop.total_steps) * cfg.loop.global_batch_size * cfg.loop.seq_len)
         if status == RunStatus.DIVERGED:
             # A finite floor (not -inf) so that Optuna, ASHA and MLflow can all store it.

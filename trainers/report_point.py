@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 TASK_PREFIX = "task/"  # task metrics on the wire: task/<task>/<accuracy|correct_prob|brier>
+SYSTEM_PREFIX = "system/"  # system metrics on the wire and in MLflow: system/<MLflow's name>
 DIVERGED_OBJECTIVE = -1000.0  # a diverged run's objective: below any real one, finite for Optuna, ASHA, MLflow
 _WIRE_NAMES = {"time_first_step": "time/first_step", "time_report": "time/report"}
 
@@ -53,6 +54,7 @@ class ReportPoint:
     objective: float | None = None
     best_objective: float | None = None
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
+    system: dict[str, float] = field(default_factory=dict)  # rank 0's node: trainers/system_metrics.py
     time_first_step: float | None = None  # wall clock of the run's first step (first report only)
     time_report: float | None = None  # wall clock when the report was made (report latency)
 
@@ -66,6 +68,8 @@ class ReportPoint:
             value = getattr(self, f.name)
             if f.name == "tasks":
                 out.update(self.task_metrics())
+            elif f.name == "system":
+                out.update({f"{SYSTEM_PREFIX}{k}": v for k, v in self.system.items()})
             elif value is not None:
                 out[_WIRE_NAMES.get(f.name, f.name)] = str(value) if f.name == "status" else value
         return out
@@ -76,15 +80,16 @@ class ReportPoint:
         kwargs, tasks = {}, {}
         for f in dataclasses.fields(cls):
             key = _WIRE_NAMES.get(f.name, f.name)
-            if key in result and f.name != "tasks":
+            if key in result and f.name not in ("tasks", "system"):
                 kwargs[f.name] = result[key]
+        system = {k.removeprefix(SYSTEM_PREFIX): v for k, v in result.items() if k.startswith(SYSTEM_PREFIX)}
         if "status" in kwargs and kwargs["status"] in RunStatus.__members__.values():
             kwargs["status"] = RunStatus(kwargs["status"])  # any other value is kept as it came
         for key, value in result.items():
             if key.startswith(TASK_PREFIX):
                 task, _, metric = key.removeprefix(TASK_PREFIX).rpartition("/")
                 tasks.setdefault(task, {})[metric] = value
-        return cls(tokens=int(kwargs.pop("tokens", 0)), tasks=tasks, **kwargs)
+        return cls(tokens=int(kwargs.pop("tokens", 0)), tasks=tasks, system=system, **kwargs)
 
     def task_metrics(self) -> dict[str, float]:
         """Task metrics under their wire names (task/<task>/<metric>)."""

@@ -25,6 +25,7 @@ from search_spaces.params import Fixed, bounds, coerce_param
 from sweeps.config.cadence import Cadence, asha_grace_tokens, trial_cadence
 from sweeps.config.layout import DEFAULT_STORAGE_PATH
 from sweeps.decisions.stop_rule import StopRuleSettings
+from sweeps.tracking.retention import RetentionSettings
 from sweeps.tracking.store import default_tracking_uri
 from sweeps.tracking.study import study_storage_url
 from trainers.config import OptimizerConfig
@@ -189,6 +190,7 @@ class SweepSpec(_Spec):
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Workers and devices per trial.")
     tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow.")
     tasks: list[TaskSpec] = Field(default_factory=list, description="Downstream multiple-choice tasks to score during training.")
+    retention: RetentionSettings = Field(RetentionSettings(), description="Which checkpoints the sweep keeps (sweeps/tracking/retention.py).")
     storage_path: str = Field(DEFAULT_STORAGE_PATH, description="Checkpoints and Ray results: a path every Ray node mounts (relative paths are under the working directory).")
 
     @field_validator("storage_path")
@@ -288,6 +290,21 @@ class SweepSpec(_Spec):
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else the spec's URI, else an absolute SQLite file in the cwd."""
         return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.tracking.uri)
+
+    def mlflow_params(self) -> dict:
+        """Fixed settings of every trial, flattened (`training.global_batch_size`...) for MLflow params."""
+        raw = self.model_dump(mode="json", exclude={"search_space", "tracking", "name"})
+
+        def walk(prefix, node, out):
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                if isinstance(v, dict):
+                    walk(key + ".", v, out)
+                else:
+                    out[key] = v
+            return out
+
+        return walk("", raw, {})
 
     def study_storage_url(self) -> str:
         """Where the sweep's Optuna study lives (sweeps/tracking/study.py has the rule)."""

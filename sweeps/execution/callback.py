@@ -14,11 +14,14 @@ from ray.tune import Callback
 
 from search_spaces.knobs import format_knobs, knob_values
 from sweeps.decisions.stop_rule import STOP
+from sweeps.execution.progress import SweepStats
 from sweeps.tracking.records import trial_record, trial_summary
+from sweeps.tracking.retention import RetentionSettings, TrialFiles, dir_bytes, plan_reclaim, reclaim
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus, trial_status
+from sweeps.tracking.store import is_outage
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
-from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog
+from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog, list_checkpoints
 from trainers.checkpoint import newest_good_checkpoint
 
 
@@ -42,21 +45,46 @@ class SweepCallback(Callback):
         self.trials_root, self.log = Path(trials_root), log
         self.total = spec.budget.num_trials
         self.sync = TrialSync(tracker, self.trials_root, params, spec.tracking.log_interval_s, log=log)
+        self.retention = spec.retention
         self._checkpoints: dict[str, str] = {}  # checkpoint paths Tune reported (Ray Train trials)
         self._ended: dict[str, TrialStatus] = {}
         self._best: tuple[float, str, dict] | None = None
         self._timings: dict[str, dict] = {}  # per trial: driver-side timestamps (overhead benchmark)
+        self._tokens: dict[str, int] = {}  # per trial: tokens trained so far (the live view)
+        self.tokens_per_trial = spec.budget.tokens_per_trial
+        self.progress = None  # a ProgressView, set by the driver (never pickled)
+        self._progress_start = (time.time(), 0)
 
     def __getstate__(self):
-        return {**self.__dict__, "log": None}  # a log function may not pickle
+        return {**self.__dict__, "log": None, "progress": None}  # a log function or a live view may not pickle
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"retention": RetentionSettings(), "_tokens": {}, "tokens_per_trial": 0,
+                              **state})  # pickled by a version before these existed
         self.log = self.log or print
 
-    def bind(self, tracker: Tracker, log) -> None:
-        """Give a callback restored by Tuner.restore this driver's tracker and log."""
+    def bind(self, tracker: Tracker, log, progress=None) -> None:
+        """Give a callback restored by Tuner.restore this driver's tracker, log and live view."""
         self.sync.tracker, self.sync.log, self.log = tracker, log, log
+        self.show_progress(progress)
+
+    def show_progress(self, progress) -> None:
+        """Draw the sweep's live view on `progress` (a ProgressView) from now on."""
+        self.progress = progress
+        self._progress_start = (time.time(), sum(self._tokens.values()))
+
+    def _show(self, trials) -> None:
+        if self.progress is None:
+            return
+        tokens = self._tokens
+        running = [t.trial_id for t in trials if t.status == "RUNNING" and t.trial_id not in self._ended]
+        counts = {str(s): list(self._ended.values()).count(s) for s in ENDED_STATUSES}
+        started, at_start = self._progress_start
+        self.progress.update(SweepStats(
+            total_trials=self.total, tokens_per_trial=self.tokens_per_trial, ended=counts, running=len(running),
+            tokens_done=sum(tokens.values()), running_tokens=sum(tokens.get(t, 0) for t in running),
+            tokens_at_start=at_start, started=started,
+            best=(self._best[0], self._best[1], knob_values(self._best[2])) if self._best else None))
 
     @property
     def timings(self) -> dict[str, dict]:
@@ -76,6 +104,7 @@ class SweepCallback(Callback):
         self._trial_timings(trial.trial_id, start=time.time())
         self.sync.start(trial.trial_id, knob_values(trial.config))
         self.log(f"[rewarm] trial {trial.trial_id} started: {format_knobs(trial.config)}")
+        self._show(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         seen = time.time()
@@ -83,7 +112,10 @@ class SweepCallback(Callback):
             {"step": result.get("step"), "reported": result.get("time/report"), "seen": seen})
         if result.get("checkpoint_path"):
             self._checkpoints[trial.trial_id] = result["checkpoint_path"]
+        if result.get("tokens") is not None:
+            self._tokens[trial.trial_id] = int(result["tokens"])
         self.sync.sync_if_due(trial.trial_id)
+        self._show(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # The trial's own last report (on disk) is authoritative: Tune's last_result can
@@ -113,6 +145,29 @@ class SweepCallback(Callback):
             if self._best is None or final["objective"] > self._best[0]:
                 self._best = (final["objective"], trial_id, trial.config)
         self.log(self._progress_line(trial_id, status, trials, final))
+        self.apply_retention()
+        self._show(trials)
+
+    def apply_retention(self) -> None:
+        """Delete the checkpoints the spec's retention policy no longer keeps (sweeps/tracking/
+        retention.py), for ended trials whose MLflow run is closed, and log the bytes held.
+        While MLflow is down nothing is deleted: its links could not be rewritten first."""
+        files = [TrialFiles(t, status, tuple(list_checkpoints(self.trials_root / t)),
+                            (self.trials_root / t / BEST_MODEL_DIR) if (self.trials_root / t / BEST_MODEL_DIR).exists()
+                            else None)
+                 for t, status in self._ended.items() if self.sync.is_closed(t)]
+        plan = plan_reclaim(files, self.retention,
+                            protected={self._best[1]} if self._best else set())
+        try:
+            freed = reclaim(plan, lambda t, paths: self.sync.tracker.unlink_checkpoints(self.sync.run_id(t), paths))
+            self.sync.tracker.log_bytes_held(dir_bytes(self.trials_root), step=len(self._ended))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return  # retried at the next trial's end, and when the sweep ends
+        if plan:
+            self.log(f"[rewarm] retention: reclaimed {sum(len(p) for p in plan.values())} checkpoint dirs of "
+                     f"trials {', '.join(sorted(plan))} ({freed / 2**20:.1f} MiB)")
 
     def _artifacts(self, trial_id: str) -> dict[str, Path]:
         """The trial's final checkpoint (the newest that verifies) and best model, where they exist.

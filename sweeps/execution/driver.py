@@ -59,24 +59,10 @@ def max_concurrent(spec: SweepSpec, cluster: dict) -> int:
     return min(spec.budget.max_concurrent, fit)
 
 
-def flat_params(spec: SweepSpec) -> dict:
-    """Fixed settings of every trial, flattened for MLflow params."""
-    raw = spec.model_dump(mode="json", exclude={"search_space", "tracking", "name"})
-
-    def walk(prefix, node, out):
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                walk(key + ".", v, out)
-            else:
-                out[key] = v
-        return out
-
-    return walk("", raw, {})
-
-
-def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, log=print) -> SweepOutcome:
-    """Run (or, with `resume`, continue) the sweep of `spec`; its trials' summaries from MLflow."""
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False, log=print,
+              progress=None) -> SweepOutcome:
+    """Run (or, with `resume`, continue) the sweep of `spec`; its trials' summaries from MLflow.
+    `progress` (a ProgressView, whose `line` is then the natural `log`) draws the live view."""
     from ray import tune
 
     apply_process_settings()
@@ -86,12 +72,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     params = spec.knob_params()
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     (directory / SPEC_FILE).write_text(spec_yaml)
-    mlflow_params = flat_params(spec)
+    mlflow_params = spec.mlflow_params()
     parent = tracker.start_parent(spec_yaml, mlflow_params, resolved.base_reference.model_dump(),
                                   {k: p.describe() for k, p in params.items()}, resume=resume,
                                   tags={STUDY_TAG: spec.name, STUDY_STORAGE_TAG: display_url(spec.study_storage_url())})
     concurrency = max_concurrent(spec, cluster)
     callback = SweepCallback(tracker, spec, str(trials_dir(directory)), mlflow_params, log=log)
+    callback.show_progress(progress)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(directory)), trial_resources(spec))
     log(f"[rewarm] sweep {spec.name}: {spec.budget.num_trials} trials x {spec.budget.tokens_per_trial} tokens, "
@@ -110,6 +97,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         if resume:  # prepare() proved Tune's state is there: never a fresh sweep under the old run
             tuner = restore_tuner(directory, trainable)
             callback = adopt_restored_callback(tuner, callback)
+            callback.retention = spec.retention
+            callback.apply_retention()  # what trials that ended before the stop no longer need
         else:
             tuner = new_tuner(spec, params, trainable, callback, directory, concurrency, study_storage)
         grid = tuner.fit()
@@ -129,13 +118,14 @@ def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool,
     (tracker, resolved sweep, cluster resources). Cheap checks come first."""
     uri = spec.tracking_uri()
     check_reachable(uri)
-    study_storage = open_study_storage(spec.study_storage_url())
     if resume:
         preflight.check_resumable(spec, directory)
     else:
         preflight.check_new_sweep(spec, directory)
-        preflight.check_new_study(spec, study_storage)
     preflight.check_storage_writable(str(directory.parent))
+    study_storage = open_study_storage(spec.study_storage_url())  # may live in the storage path
+    if not resume:
+        preflight.check_new_study(spec, study_storage)
     resolved = resolve(spec, log=log)
     cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
     preflight.check_cluster_fits(spec, cluster)
@@ -201,6 +191,7 @@ def finish_sweep(spec: SweepSpec, tracker: Tracker, callback: SweepCallback, sta
             # A trial started just before a killed driver's last state save is unknown to the
             # restored Tuner and will never continue: close its run instead of leaving it RUNNING.
             tracker.close_orphans()
+        callback.apply_retention()  # trials whose close was still pending at their end
         trials = callback.summaries()
         best = best_summary(trials)  # from MLflow's records: right across resumes and retries
         if best is not None:
@@ -226,5 +217,5 @@ def adopt_restored_callback(tuner, fresh: SweepCallback) -> SweepCallback:
     restored = next((cb for cb in ray_compat.restored_callbacks(tuner) or [] if type(cb) is type(fresh)), None)
     if restored is None:
         return fresh
-    restored.bind(fresh.sync.tracker, fresh.log)
+    restored.bind(fresh.sync.tracker, fresh.log, fresh.progress)
     return restored

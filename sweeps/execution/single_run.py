@@ -1,4 +1,4 @@
-"""`rewarm train`: one run of a spec, every knob fixed, on Ray.
+"""`rewarm train`: one run of a spec, every knob fixed, on Ray, recorded in MLflow like a trial.
 
 A single-worker run trains in one Ray task with the worker's resources (retried on a
 process failure); a run of several workers on a Ray Train worker group (DDP). A run name
@@ -10,7 +10,9 @@ tokens seen exactly where they were.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +23,16 @@ from sweeps.execution import preflight
 from sweeps.execution.cluster import init_ray
 from sweeps.execution.trial import in_process, torch_trainer
 from sweeps.settings import apply_process_settings
-from sweeps.tracking.statuses import TrialStatus
+from sweeps.tracking.statuses import TrialStatus, trial_status
+from sweeps.tracking.store import check_reachable
+from sweeps.tracking.tracker import Tracker
+from sweeps.tracking.trial_sync import TrialSync
 from trainers import ray_compat
+from trainers.checkpoint import newest_good_checkpoint
 from trainers.errors import UserError
 from trainers.report_point import RunStatus
-from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, REPORTS_FILE, SUMMARY_FILE, CurveLog, read_jsonl
+from trainers.run_dir import (ATTEMPTS_FILE, BEST_MODEL_DIR, CURVES_FILE, REPORTS_FILE, SUMMARY_FILE, CurveLog,
+                              read_jsonl)
 
 
 class RunFailed(RuntimeError):
@@ -86,6 +93,8 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
         raise SpecError(f"search_space.params: `rewarm train` needs every knob fixed; {free} are not "
                         f"(add --set {free[0]}=VALUE)")
     timings = {"start": time.time()}
+    spec = spec.anchored()
+    check_reachable(spec.tracking_uri())
     resolved = resolve(spec, log=log)
     timings["resolved"] = time.time()
     run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -102,20 +111,23 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
         f"{spec.tokens_per_step} tokens | base L_up={resolved.base_reference.L_up:.4f} "
         f"L_down={resolved.base_reference.L_down:.4f}")
     timings["fit_start"] = time.time()
+    tracked = TrackedRun(spec, run_name, knobs, log)
     try:
-        if in_process(spec):
-            run_in_task(cfg, spec)
-        else:
-            torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage).fit()
-    except Exception as exc:  # Ray wraps worker errors; the root cause is what the user needs
-        root, cause = _root_cause(exc)
-        # A user error raised in a worker arrives as itself from a Ray task, but only as text
-        # from a Ray Train worker group: told by its class name there.
-        user_error = isinstance(root, UserError) or any(f"{name}: " in cause for name in _USER_ERRORS_IN_WORKERS)
-        if user_error:  # drop Ray's wrapper and the module path: the cause is the message
-            name = next((n for n in _USER_ERRORS_IN_WORKERS if f"{n}: " in cause), type(root).__name__)
-            raise RunInputError(f"run {run_name} failed: {cause[cause.index(f'{name}: '):]}") from exc
-        raise RunFailed(f"run {run_name} failed: {cause}") from exc
+        with tracked.live():
+            if in_process(spec):
+                run_in_task(cfg, spec)
+            else:
+                torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage).fit()
+    except BaseException as exc:
+        try:  # the run's own error is the one the user must see
+            tracked.close(TrialStatus.PAUSED if isinstance(exc, KeyboardInterrupt) else TrialStatus.FAILED)
+        except Exception as tracking_exc:  # noqa: BLE001
+            log(f"[rewarm] could not close run {run_name} in MLflow ({type(tracking_exc).__name__}: "
+                f"{str(tracking_exc)[:200]}); its curves are in {run_dir}")
+        if not isinstance(exc, Exception):
+            raise
+        _raise_run_error(exc, run_name)
+    tracked.close()
     timings["end"] = time.time()
     reports = CurveLog(run_dir / REPORTS_FILE).read()
     metrics = {k: v for k, v in (reports[-1] if reports else {}).items() if not k.startswith("time/")}
@@ -128,6 +140,67 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
         {"knobs": knobs, "metrics": metrics, "timings": timings,
          "base_reference": resolved.base_reference.model_dump()}, indent=2))
     return outcome
+
+
+class TrackedRun:
+    """A `rewarm train` run's MLflow run, kept in step with its run dir like a sweep trial's.
+
+    Found again by its run name when the same --run-name continues (never a second run), its
+    curves logged from the run dir while it trains (a thread, every tracking.log_interval_s),
+    and closed with its status, final metrics and checkpoints. A tracking outage is ridden out
+    as in a sweep (TrialSync): the curves stay on disk and are logged when the store is back.
+    """
+
+    def __init__(self, spec: SweepSpec, run_name: str, knobs: dict, log):
+        self.run_name, self.log, self.flush_timeout_s = run_name, log, spec.tracking.flush_timeout_s
+        self.storage = Path(spec.storage_dir())
+        tracker = Tracker(spec.tracking_uri(), spec.tracking.experiment, spec.name, standalone=True)
+        self.sync = TrialSync(tracker, self.storage, spec.mlflow_params(), spec.tracking.log_interval_s, log=log)
+        self.sync.start(run_name, knobs)
+        self._stop = threading.Event()
+
+    @contextmanager
+    def live(self):
+        def keep_logging():
+            while not self._stop.wait(max(self.sync.log_interval_s, 1.0)):
+                self.sync.sync_if_due(self.run_name)
+
+        thread = threading.Thread(target=keep_logging, name="rewarm-train-mlflow", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join()
+
+    def close(self, ended_by: TrialStatus | None = None) -> None:
+        """Close the run: its status from its last report, or `ended_by` (FAILED: the run raised;
+        PAUSED: interrupted, continued by the same --run-name from its last checkpoint)."""
+        run_dir = self.storage / self.run_name
+        final = self.sync.last_report(self.run_name) or {}
+        artifacts = {}
+        checkpoint, refused = newest_good_checkpoint(None, run_dir)
+        for reason in refused:
+            self.log(f"[rewarm] not linking {reason}")
+        if checkpoint is not None:
+            artifacts["final"] = checkpoint
+        if (run_dir / BEST_MODEL_DIR).exists():
+            artifacts["best"] = run_dir / BEST_MODEL_DIR
+        self.sync.finish(self.run_name, ended_by or trial_status(final), final, artifacts, files=[], tags={})
+        if self.sync.flush(self.flush_timeout_s):
+            self.log(f"[rewarm] MLflow unavailable: run {self.run_name} is not fully logged; its curves are in {run_dir}")
+
+
+def _raise_run_error(exc: Exception, run_name: str):
+    """The run's failure as RunInputError (bad input found in a worker) or RunFailed."""
+    root, cause = _root_cause(exc)
+    # A user error raised in a worker arrives as itself from a Ray task, but only as text
+    # from a Ray Train worker group: told by its class name there.
+    user_error = isinstance(root, UserError) or any(f"{name}: " in cause for name in _USER_ERRORS_IN_WORKERS)
+    if user_error:  # drop Ray's wrapper and the module path: the cause is the message
+        name = next((n for n in _USER_ERRORS_IN_WORKERS if f"{n}: " in cause), type(root).__name__)
+        raise RunInputError(f"run {run_name} failed: {cause[cause.index(f'{name}: '):]}") from exc
+    raise RunFailed(f"run {run_name} failed: {cause}") from exc
 
 
 def read_curve(run_dir: Path) -> list[dict]:

@@ -77,3 +77,11 @@ def export_spec(client, parent, trial: dict, path: Path) -> dict:
                     f"{trial['trial_id']} (objective {trial['objective']:+.4f}).\n"
                     + yaml.safe_dump(raw, sort_keys=False))
     return raw
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB': storage sizes as a person reads them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024

@@ -20,12 +20,12 @@ import numpy as np
 
 from search_spaces.knobs import Knob, format_knobs
 from sweeps.results.analyze import analyze_sweep, render_table
-from sweeps.results.best import rank
+from sweeps.results.best import format_bytes, rank
 from sweeps.results.importance import TARGETS, sweep_importance
 from sweeps.results.pareto import pareto_front
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus
-from sweeps.tracking.tracker import EVAL_PREFIX, STEP_METRICS
+from sweeps.tracking.tracker import BYTES_HELD_METRIC, EVAL_PREFIX, STEP_METRICS
 from trainers.report_point import TASK_PREFIX
 from trainers.errors import UserError
 
@@ -228,18 +228,21 @@ def write_report(client, sweep: str, out_dir: Path, experiment: str | None = Non
     except UserError as exc:  # too few completed trials, or a sweep kept no study: say which
         importance = str(exc)
     page = out_dir / "report.html"
-    page.write_text(_html(sweep, trials, chosen, analysis, importance, out_dir))
+    page.write_text(_html(sweep, trials, chosen, analysis, importance, parent.data.metrics.get(BYTES_HELD_METRIC),
+                          out_dir))
     client.log_artifacts(parent.info.run_id, str(out_dir), "report")
     return page
 
 
-def _html(sweep, trials, chosen, analysis, importance: dict | str, out_dir: Path) -> str:
+def _html(sweep, trials, chosen, analysis, importance: dict | str, bytes_held: float | None, out_dir: Path) -> str:
     def img(name, caption):
         data = base64.b64encode((out_dir / f"{name}.png").read_bytes()).decode()
         return (f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(caption)}" '
                 f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
     counts = {s: sum(t["status"] == s for t in trials) for s in ENDED_STATUSES}
+    held = (f"<p>Checkpoints held on storage: {format_bytes(bytes_held)} (after the last retention pass).</p>"
+            if bytes_held is not None else "")
     best = (f"<p><b>Chosen config</b> ({html.escape(str(chosen['trial_id']))}): "
             + html.escape(format_knobs(chosen)).replace(" ", ", ")
             + f" &mdash; objective {chosen.get('objective', float('nan')):+.4f}, gain {chosen.get('gain', float('nan')):+.4f}, "
@@ -256,6 +259,7 @@ pre{{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:12px}}</style></he
 <p>{len(trials)} trials: {counts[TrialStatus.COMPLETED]} completed, {counts[TrialStatus.EARLY_STOPPED]} stopped early,
 {counts[TrialStatus.DIVERGED]} diverged, {counts[TrialStatus.FAILED]} failed.</p>
 {best}
+{held}
 {img("curves", "L_down and L_up against tokens for every trial, coloured by max LR; x marks trials stopped early")}
 {img("schedules", "The LR schedules actually run")}
 {img("tradeoff", "Gain vs forgetting, with the Pareto front and the chosen config")}

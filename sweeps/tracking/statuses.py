@@ -20,6 +20,7 @@ class TrialStatus(StrEnum):
     DIVERGED = "diverged"  # its loss blew up (non-finite or runaway)
     FAILED = "failed"  # its process kept failing after every retry
     INTERRUPTED = "interrupted"  # running when its sweep ended, never to continue (never ranked)
+    PAUSED = "paused"  # a `rewarm train --stop-after-steps` run: checkpointed, continued by the same --run-name
 
 
 # The statuses a trial ends with inside a sweep (INTERRUPTED is given after the sweep ends).
@@ -40,6 +41,7 @@ class SweepStatus(StrEnum):
 MLFLOW_RUN_STATUS = {
     TrialStatus.RUNNING: "RUNNING", TrialStatus.COMPLETED: "FINISHED", TrialStatus.EARLY_STOPPED: "FINISHED",
     TrialStatus.DIVERGED: "FAILED", TrialStatus.FAILED: "FAILED", TrialStatus.INTERRUPTED: "KILLED",
+    TrialStatus.PAUSED: "KILLED",
 }
 MLFLOW_SWEEP_STATUS = {
     SweepStatus.RUNNING: "RUNNING", SweepStatus.COMPLETED: "FINISHED", SweepStatus.INCOMPLETE_TRACKING: "FAILED",
@@ -56,6 +58,8 @@ def trial_status(last_report: dict | None, errored: bool = False) -> TrialStatus
         return TrialStatus.DIVERGED
     if status == RunStatus.COMPLETED:
         return TrialStatus.COMPLETED
+    if status == RunStatus.STOPPED:
+        return TrialStatus.PAUSED
     return TrialStatus.EARLY_STOPPED  # ended by the scheduler before its budget
 
 

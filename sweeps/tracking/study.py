@@ -49,6 +49,8 @@ def open_study_storage(url: str):
         _ensure_schema(url)
         engine_kwargs = {"connect_args": {"options": f"-csearch_path={STUDY_SCHEMA}"}}
     try:
+        if url.startswith("sqlite:///"):  # SQLite makes the file, not its directory
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:  # driver, network and permission errors vary by backend
         raise TrackingError(f"cannot open the Optuna study storage {display_url(url)} "

@@ -15,15 +15,17 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from sweeps.tracking.retention import RECLAIMED_PREFIX
 from sweeps.tracking.statuses import MLFLOW_RUN_STATUS, MLFLOW_SWEEP_STATUS, SweepStatus, TrialStatus
 from sweeps.tracking.store import TrackingError, default_artifact_location
-from trainers.report_point import TASK_PREFIX, ReportPoint, is_finite
+from trainers.report_point import SYSTEM_PREFIX, TASK_PREFIX, ReportPoint, is_finite
 
 STATUS_TAG = "rewarm.status"  # a TrialStatus (trial runs) or SweepStatus (the parent run)
 SWEEP_TAG = "rewarm.sweep"
 TRIAL_TAG = "rewarm.trial_id"
 KIND_TAG = "rewarm.kind"  # "sweep" (the parent run) or "trial"
 SWEEP_KIND, TRIAL_KIND = "sweep", "trial"
+RUN_KIND = "run"  # a `rewarm train` run: a trial of no sweep (tags rewarm.sweep = the spec's name, rewarm.trial_id = the run name)
 KNOB_PARAM_PREFIX = "knob."  # a trial's knobs are MLflow params knob.<name>
 # How far a trial's per-step records and its report points are logged (one mark each: the
 # worker writes a step's record before that step's report, and a sync between the two writes
@@ -52,6 +54,7 @@ STUDY_STORAGE_TAG = "rewarm.optuna_storage"  # (its URL without password: sweeps
 # updated as trials end, so MLflow users find the winner without Rewarm.
 BEST_TRIAL_TAG, BEST_RUN_TAG = "rewarm.best_trial_id", "rewarm.best_run_id"
 BEST_OBJECTIVE_TAG, BEST_CONFIG_TAG = "rewarm.best_objective", "rewarm.best_config"  # config: the knobs, JSON
+BYTES_HELD_METRIC = "storage/bytes_held"  # parent run: what the sweep's trials hold on storage
 SPEC_ARTIFACT = "spec.yaml"  # the sweep's spec on its parent run (`rewarm best --export` reads it)
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -66,14 +69,19 @@ class LoggedMarks(NamedTuple):
 class Tracker:
     """The MLflow side of one sweep. Cheap to pickle: the client is rebuilt on demand."""
 
-    def __init__(self, uri: str, experiment: str, sweep: str):
+    def __init__(self, uri: str, experiment: str, sweep: str, standalone: bool = False):
+        """`standalone`: the runs are `rewarm train` runs (RUN_KIND, no parent run)."""
         self.uri, self.experiment, self.sweep = uri, experiment, sweep
+        self.run_kind = RUN_KIND if standalone else TRIAL_KIND
         self._client = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
 
     def __getstate__(self):
         return {**self.__dict__, "_client": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update({"run_kind": TRIAL_KIND, **state})  # pickled before runs had kinds: a sweep's
 
     @property
     def client(self):
@@ -143,6 +151,23 @@ class Tracker:
         if self.parent_run_id is not None and tags:
             self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    def unlink_checkpoints(self, run_id: str, paths: list[str]) -> None:
+        """Rewrite the run's checkpoint link tags that name `paths` (about to be deleted)."""
+        from mlflow.entities import RunTag
+
+        tags = self.client.get_run(run_id).data.tags
+        gone = [RunTag(key, f"{RECLAIMED_PREFIX}{value}") for key, value in tags.items()
+                if key in (checkpoint_tag("final"), checkpoint_tag("best")) and value in paths]
+        if gone:
+            self.client.log_batch(run_id, tags=gone)
+
+    def log_bytes_held(self, held: int, step: int) -> None:
+        """The bytes the sweep's trials hold on storage (after a retention pass), on the parent run."""
+        from mlflow.entities import Metric
+
+        if self.parent_run_id is not None:
+            self.client.log_batch(self.parent_run_id, metrics=[Metric(BYTES_HELD_METRIC, float(held), _now_ms(), step)])
+
     def finish_parent(self, status: SweepStatus, summary: dict | None = None) -> None:
         if self.parent_run_id is None:
             return
@@ -175,7 +200,8 @@ class Tracker:
 
         found = self.client.search_runs(
             [self.ensure_experiment()],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}' "
+                          f"and tags.`{KIND_TAG}` = '{self.run_kind}'",
             max_results=1)
         if found:
             run = found[0]
@@ -183,9 +209,12 @@ class Tracker:
                 self.client.update_run(run.info.run_id, status="RUNNING")
             tags = run.data.tags
             return run.info.run_id, LoggedMarks(int(tags.get(LOGGED_STEP_TAG, 0)), int(tags.get(LOGGED_REPORT_TAG, 0)))
-        run = self.client.create_run(self.ensure_experiment(), run_name=f"{self.sweep}-{trial_id}", tags={
-            PARENT_RUN_TAG: self.parent_run_id, SWEEP_TAG: self.sweep, KIND_TAG: TRIAL_KIND,
-            TRIAL_TAG: trial_id, STATUS_TAG: str(TrialStatus.RUNNING), LOGGED_STEP_TAG: "0", LOGGED_REPORT_TAG: "0"})
+        tags = {SWEEP_TAG: self.sweep, KIND_TAG: self.run_kind, TRIAL_TAG: trial_id,
+                STATUS_TAG: str(TrialStatus.RUNNING), LOGGED_STEP_TAG: "0", LOGGED_REPORT_TAG: "0"}
+        if self.run_kind == TRIAL_KIND:
+            tags[PARENT_RUN_TAG] = self.parent_run_id
+        run = self.client.create_run(self.ensure_experiment(), tags=tags, run_name=(
+            f"{self.sweep}-{trial_id}" if self.run_kind == TRIAL_KIND else trial_id))
         all_params = {**{f"{KNOB_PARAM_PREFIX}{k}": v for k, v in knobs.items()}, **params}
         items = [Param(k, _param_text(v)) for k, v in all_params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -210,6 +239,10 @@ class Tracker:
             metrics += [Metric(name, float(getattr(point, key)), ts, point.step)
                         for key, name in REPORT_TRAIN_METRICS.items() if is_finite(getattr(point, key))]
             metrics += [Metric(k, float(v), ts, point.step) for k, v in point.task_metrics().items() if is_finite(v)]
+            # MLflow's UI files system/* under System metrics; stamped with the report's own time.
+            system_ts = int(point.time_report * 1000) if point.time_report else ts
+            metrics += [Metric(f"{SYSTEM_PREFIX}{k}", float(v), system_ts, point.step) for k, v in point.system.items()
+                        if is_finite(v)]
         if not metrics:
             return marks
         new_marks = LoggedMarks(max([marks.steps] + [r["step"] for r in new_steps]),

@@ -71,6 +71,13 @@ class TrialSync:
         self._pending[trial_id] = (status, final, artifacts, files, tags)
         self.flush_finished()
 
+    def is_closed(self, trial_id: str) -> bool:
+        """The trial's closing write (status, links) is in MLflow."""
+        return trial_id in self._runs and trial_id not in self._pending
+
+    def run_id(self, trial_id: str) -> str:
+        return self._runs[trial_id][0]
+
     @property
     def has_pending(self) -> bool:
         return bool(self._pending or self._best_tags)
@@ -129,7 +136,7 @@ class TrialSync:
                 return
             status, final, artifacts, files, tags = self._pending[trial_id]
             latest = self.last_report(trial_id)  # the worker may have reported once more since
-            if latest and latest.get("step", 0) >= final.get("step", 0):
+            if latest and latest.get("step", 0) > final.get("step", 0):
                 final = latest
                 status = trial_status(latest, errored=status == TrialStatus.FAILED)
             started = time.time()
