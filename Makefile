@@ -45,11 +45,12 @@ demo: install
 	$(BIN)/rewarm best --sweep $(DEMO_NAME) --top 5
 	$(BIN)/rewarm analyze --sweep $(DEMO_NAME)
 	$(BIN)/rewarm report --sweep $(DEMO_NAME) --out reports/$(DEMO_NAME)
-	@echo "MLflow UI: $$($(BIN)/rewarm ui)"
+	@echo "MLflow UI (the sweep's runs):"; $(BIN)/rewarm ui --sweep $(DEMO_NAME)
 
 bench: install
 	$(BIN)/python -m benchmarks.trainer_bench
 	$(BIN)/python -m benchmarks.overhead_bench
+	$(BIN)/python -m benchmarks.read_scale_bench
 
 # Issue #7: search strategies vs a 36-config ground-truth grid (the grid is trained once, ~9 min
 # on 2 cores, and cached in benchmarks/results/sweep_ground_truth.json, which is committed).

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from sweeps.execution.search import SweepSearch, make_searcher
-from sweeps.tracking.study import (LOST_REASON_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR, display_url, load_sweep_study,
+from sweeps.tracking.study import (LOST_TRIALS_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR, display_url, load_sweep_study,
                                    open_study_storage, study_storage_url)
 from sweeps.tracking.store import TrackingError
 from tests.conftest import small_spec
@@ -61,8 +61,9 @@ def test_restored_searcher_fails_trials_tune_never_saved(tmp_path):
     searcher.suggest("t2")  # then the driver dies
     restored, _ = _searcher(tmp_path)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    by_number = {t.number: t for t in optuna.load_study(study_name="s", storage=storage).trials}
+    study = optuna.load_study(study_name="s", storage=storage)
+    by_number = {t.number: t for t in study.trials}
     assert by_number[0].state == optuna.trial.TrialState.RUNNING  # Tune continues it
-    assert by_number[1].state == optuna.trial.TrialState.FAIL and LOST_REASON_ATTR in by_number[1].user_attrs
+    assert by_number[1].state == optuna.trial.TrialState.FAIL and study.user_attrs[LOST_TRIALS_ATTR] == [1]
     restored.on_trial_complete("t1", {"tokens": 4096, "objective": 0.4, "status": "completed"})
     assert optuna.load_study(study_name="s", storage=storage).trials[0].value == 0.4

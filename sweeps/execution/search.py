@@ -8,7 +8,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform
 from sweeps.config.spec import SweepSpec
 from sweeps.tracking.statuses import trial_status
-from sweeps.tracking.study import LOST_REASON_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR
+from sweeps.tracking.study import LOST_TRIALS_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR
 from sweeps.tracking.tracker import FINAL_METRICS
 from trainers import ray_compat
 from trainers.report_point import is_finite
@@ -51,8 +51,9 @@ class SweepSearch(OptunaSearch):
       attributes first: a trial stopped early reaches Optuna as COMPLETE with a truncated
       value (Ray's rule), and its `rewarm_status` says so.
     - On `rewarm resume`, trials the study holds as RUNNING that Tune's restored state does not
-      know (suggested after Tune's last state save, before the driver stopped) are marked FAIL,
-      with the reason: they will never report, and a study that keeps them RUNNING lies.
+      know (suggested after Tune's last state save, before the driver stopped) are marked FAIL
+      and listed in the study's `rewarm_lost_trials` attribute: they will never report, and a
+      study that keeps them RUNNING lies.
     """
 
     def on_trial_result(self, trial_id: str, result: dict):
@@ -83,12 +84,12 @@ class SweepSearch(OptunaSearch):
 
         trials, _, study = ray_compat.optuna_search_state(self)
         known = {t.number for t in trials.values()}
-        for lost in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if lost.number not in known:
-                storage = study._storage
-                storage.set_trial_user_attr(lost._trial_id, LOST_REASON_ATTR,
-                                            "suggested just before the sweep driver stopped; never ran")
-                storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
+        lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known]
+        for number in lost:
+            study.tell(number, state=TrialState.FAIL)
+        if lost:  # why they failed, where optuna-dashboard shows it (a finished trial takes no attributes)
+            previous = study.user_attrs.get(LOST_TRIALS_ATTR, [])
+            study.set_user_attr(LOST_TRIALS_ATTR, sorted(set(previous) | set(lost)))
 
 
 def make_searcher(spec: SweepSpec, params: dict, storage=None):

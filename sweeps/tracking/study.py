@@ -25,7 +25,9 @@ STUDY_SCHEMA = "optuna"  # PostgreSQL schema of the study tables
 # Optuna user attributes of each trial (set when Tune ends it; search.py).
 TUNE_TRIAL_ATTR = "tune_trial_id"
 STATUS_ATTR = "rewarm_status"  # a TrialStatus: a trial stopped early reaches Optuna as COMPLETE, this says so
-LOST_REASON_ATTR = "rewarm_lost"
+# Study attribute: numbers of trials suggested just before a sweep driver stopped, never run
+# (failed on `rewarm resume`).
+LOST_TRIALS_ATTR = "rewarm_lost_trials"
 
 
 def study_storage_url(tracking_uri: str, explicit: str | None, storage_dir: str) -> str:
