@@ -51,6 +51,7 @@ class SweepCallback(Callback):
         self._best: tuple[float, str, dict] | None = None
         self._timings: dict[str, dict] = {}  # per trial: driver-side timestamps (overhead benchmark)
         self._tokens: dict[str, int] = {}  # per trial: tokens trained so far (the live view)
+        self._linked: dict[str, Path] = {}  # per trial: the final checkpoint MLflow links (retention keeps it)
         self.tokens_per_trial = spec.budget.tokens_per_trial
         self.progress = None  # a ProgressView, set by the driver (never pickled)
         self._progress_start = (time.time(), 0)
@@ -59,14 +60,17 @@ class SweepCallback(Callback):
         return {**self.__dict__, "log": None, "progress": None}  # a log function or a live view may not pickle
 
     def __setstate__(self, state):
-        self.__dict__.update({"retention": RetentionSettings(), "_tokens": {}, "tokens_per_trial": 0,
+        self.__dict__.update({"retention": RetentionSettings(), "_tokens": {}, "tokens_per_trial": 0, "_linked": {},
                               **state})  # pickled by a version before these existed
         self.log = self.log or print
 
-    def bind(self, tracker: Tracker, log, progress=None) -> None:
-        """Give a callback restored by Tuner.restore this driver's tracker, log and live view."""
-        self.sync.tracker, self.sync.log, self.log = tracker, log, log
-        self.show_progress(progress)
+    def bind(self, fresh: "SweepCallback") -> None:
+        """Give a callback restored by Tuner.restore this driver's tracker, log, live view, paths
+        (the sweep directory may have moved) and settings."""
+        self.sync.tracker, self.sync.log, self.log = fresh.sync.tracker, fresh.log, fresh.log
+        self.trials_root = self.sync.trials_root = fresh.trials_root
+        self.retention, self.tokens_per_trial, self.total = fresh.retention, fresh.tokens_per_trial, fresh.total
+        self.show_progress(fresh.progress)
 
     def show_progress(self, progress) -> None:
         """Draw the sweep's live view on `progress` (a ProgressView) from now on."""
@@ -150,24 +154,32 @@ class SweepCallback(Callback):
 
     def apply_retention(self) -> None:
         """Delete the checkpoints the spec's retention policy no longer keeps (sweeps/tracking/
-        retention.py), for ended trials whose MLflow run is closed, and log the bytes held.
-        While MLflow is down nothing is deleted: its links could not be rewritten first."""
-        files = [TrialFiles(t, status, tuple(list_checkpoints(self.trials_root / t)),
-                            (self.trials_root / t / BEST_MODEL_DIR) if (self.trials_root / t / BEST_MODEL_DIR).exists()
-                            else None)
-                 for t, status in self._ended.items() if self.sync.is_closed(t)]
-        plan = plan_reclaim(files, self.retention,
-                            protected={self._best[1]} if self._best else set())
+        retention.py), for ended trials whose MLflow run is closed (with the status it was
+        closed with), and log the bytes held. While MLflow is down nothing is deleted: its links
+        could not be rewritten first. Never raises into Tune: a failure here must not fail the
+        trial that just ended; it is said, and the next pass tries again."""
         try:
+            files = [TrialFiles(t, status, tuple(list_checkpoints(self.trials_root / t)),
+                                best if (best := self.trials_root / t / BEST_MODEL_DIR).exists() else None,
+                                linked=self._linked.get(t))
+                     for t, status in self.sync.closed.items()]
+            best_trial = self.sync.best_trial_id
+            plan = plan_reclaim(files, self.retention, protected={best_trial} if best_trial else set())
             freed = reclaim(plan, lambda t, paths: self.sync.tracker.unlink_checkpoints(self.sync.run_id(t), paths))
-            self.sync.tracker.log_bytes_held(dir_bytes(self.trials_root), step=len(self._ended))
-        except Exception as exc:
+            self.sync.tracker.log_bytes_held(dir_bytes(self.trials_root), step=len(files))
+        except Exception as exc:  # noqa: BLE001 - see the docstring
             if not is_outage(exc):
-                raise
-            return  # retried at the next trial's end, and when the sweep ends
+                self.log(f"[rewarm] retention pass failed ({type(exc).__name__}: {str(exc)[:200]}); nothing more "
+                         f"is deleted until the next one")
+            return
         if plan:
             self.log(f"[rewarm] retention: reclaimed {sum(len(p) for p in plan.values())} checkpoint dirs of "
                      f"trials {', '.join(sorted(plan))} ({freed / 2**20:.1f} MiB)")
+
+    def adopt_earlier_trials(self) -> None:
+        """After `rewarm resume`: what earlier drivers closed, from MLflow (Tune restores this
+        callback as it was when the sweep started), so retention and the best-trial tags see it."""
+        self.sync.adopt_closed(self.summaries())
 
     def _artifacts(self, trial_id: str) -> dict[str, Path]:
         """The trial's final checkpoint (the newest that verifies) and best model, where they exist.
@@ -176,11 +188,12 @@ class SweepCallback(Callback):
         one that loads, so a checkpoint that fails its manifest is passed over, and said so.
         """
         artifacts = {}
-        final, refused = newest_good_checkpoint(self._checkpoints.get(trial_id), self.trials_root / trial_id)
+        final, refused = newest_good_checkpoint(self._checkpoints.get(trial_id), self.trials_root / trial_id,
+                                                quick=True)
         for reason in refused:
             self.log(f"[rewarm] trial {trial_id}: not linking {reason}")
         if final is not None:
-            artifacts["final"] = final
+            artifacts["final"] = self._linked[trial_id] = final
         best_dir = self.trials_root / trial_id / BEST_MODEL_DIR
         if best_dir.exists():
             artifacts["best"] = best_dir

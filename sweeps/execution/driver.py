@@ -29,7 +29,7 @@ from sweeps.execution.search import make_searcher
 from sweeps.execution.trial import in_process, run_trial, trial_resources
 from sweeps.settings import apply_process_settings
 from sweeps.tracking.statuses import SweepStatus
-from sweeps.tracking.store import check_reachable, is_outage
+from sweeps.tracking.store import TrackingError, check_reachable, is_outage
 from sweeps.tracking.study import display_url, open_study_storage
 from sweeps.tracking.records import best_summary
 from sweeps.tracking.tracker import STUDY_STORAGE_TAG, STUDY_TAG, Tracker, best_trial_tags
@@ -71,11 +71,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     tracker, resolved, cluster, study_storage = prepare(spec, directory, address, resume, log)
     params = spec.knob_params()
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    (directory / SPEC_FILE).write_text(spec_yaml)
     mlflow_params = spec.mlflow_params()
     parent = tracker.start_parent(spec_yaml, mlflow_params, resolved.base_reference.model_dump(),
                                   {k: p.describe() for k, p in params.items()}, resume=resume,
                                   tags={STUDY_TAG: spec.name, STUDY_STORAGE_TAG: display_url(spec.study_storage_url())})
+    (directory / SPEC_FILE).write_text(spec_yaml)  # only once MLflow took the sweep: a refused resume changes nothing
     concurrency = max_concurrent(spec, cluster)
     callback = SweepCallback(tracker, spec, str(trials_dir(directory)), mlflow_params, log=log)
     callback.show_progress(progress)
@@ -97,7 +97,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         if resume:  # prepare() proved Tune's state is there: never a fresh sweep under the old run
             tuner = restore_tuner(directory, trainable)
             callback = adopt_restored_callback(tuner, callback)
-            callback.retention = spec.retention
+            callback.adopt_earlier_trials()
             callback.apply_retention()  # what trials that ended before the stop no longer need
         else:
             tuner = new_tuner(spec, params, trainable, callback, directory, concurrency, study_storage)
@@ -120,6 +120,7 @@ def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool,
     check_reachable(uri)
     if resume:
         preflight.check_resumable(spec, directory)
+        preflight.check_sweep_tracked(spec, uri)  # read only: nothing is created in a wrong store
     else:
         preflight.check_new_sweep(spec, directory)
     preflight.check_storage_writable(str(directory.parent))
@@ -167,6 +168,13 @@ def restore_tuner(directory: Path, trainable):
     except (ModuleNotFoundError, AttributeError) as exc:  # pickles naming code that no longer exists
         raise StateIncompatible(f"sweep state in {directory} was written by another version of Rewarm ({exc}); "
                                 f"it cannot be resumed by this one: its results are in MLflow, start a new sweep name") from None
+    except Exception as exc:
+        # The pickled searcher reconnects to its Optuna study's database as it is unpickled.
+        if type(exc).__module__.startswith("sqlalchemy"):
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"cannot resume sweep from {directory}: its Optuna study's database (where it was "
+                                f"when the sweep started) cannot be opened ({first}); make it reachable again") from None
+        raise
 
 
 def finish_sweep(spec: SweepSpec, tracker: Tracker, callback: SweepCallback, status: SweepStatus, wall_s: float,
@@ -217,5 +225,5 @@ def adopt_restored_callback(tuner, fresh: SweepCallback) -> SweepCallback:
     restored = next((cb for cb in ray_compat.restored_callbacks(tuner) or [] if type(cb) is type(fresh)), None)
     if restored is None:
         return fresh
-    restored.bind(fresh.sync.tracker, fresh.log, fresh.progress)
+    restored.bind(fresh)
     return restored

@@ -11,6 +11,10 @@ from pathlib import Path
 from sweeps.config.loading import SpecError
 from sweeps.config.spec import SweepSpec
 from sweeps.execution.cluster import TRIAL_SLOT
+from sweeps.tracking.store import TrackingError
+
+# Tune's experiment state, saved as trials run (ray/tune/execution/experiment_state.py).
+TUNE_STATE_GLOB = "experiment_state*.json"
 
 
 def check_cluster_fits(spec: SweepSpec, resources: dict) -> None:
@@ -60,7 +64,9 @@ def check_resumable(spec: SweepSpec, sweep_dir: Path) -> None:
     MLflow parent run would put new trials beside the old ones."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(sweep_dir)):
+    # can_restore only looks for the Tuner's pickle, written before any trial; a driver killed
+    # before Tune's first state save has no trials to restore (ray/tune/tuner.py).
+    if not tune.Tuner.can_restore(str(sweep_dir)) or not any(sweep_dir.glob(TUNE_STATE_GLOB)):
         raise SpecError(f"cannot resume sweep {spec.name!r}: {sweep_dir} holds no Tune experiment state (the driver "
                         f"stopped before Tune saved any, or the directory was moved without it); what it recorded "
                         f"is in MLflow; start it again with `rewarm sweep` under a new name")
@@ -74,3 +80,19 @@ def check_new_study(spec: SweepSpec, storage) -> None:
         raise SpecError(f"name: an Optuna study {spec.name!r} already exists in {display_url(spec.study_storage_url())}; "
                         f"choose another sweep name, or delete it with `optuna delete-study --study-name {spec.name} "
                         f"--storage URL`")
+
+
+def check_sweep_tracked(spec: SweepSpec, uri: str) -> None:
+    """A resumed sweep's parent run is in the tracking store it names, read without creating
+    anything: resuming with another store (another working directory's default) must not put
+    a second copy of the sweep there."""
+    from sweeps.tracking.records import SweepNotFound, load_sweep
+    from sweeps.tracking.store import open_client
+
+    try:
+        load_sweep(open_client(uri), spec.name, spec.tracking.experiment, with_trials=False)
+    except (SweepNotFound, TrackingError) as exc:
+        if isinstance(exc, TrackingError) and not str(exc).startswith("no MLflow store"):
+            raise  # unreachable or refusing: its own message says so
+        raise SpecError(f"cannot resume sweep {spec.name!r}: experiment {spec.tracking.experiment!r} at {uri} has "
+                        f"no run of it; resume with the tracking URI it was started with (MLFLOW_TRACKING_URI)") from None

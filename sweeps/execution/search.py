@@ -62,7 +62,10 @@ class SweepSearch(OptunaSearch):
             return  # Optuna takes no intermediate values for several objectives
         value, tokens = result.get(self.metric), result.get("tokens")  # ReportPoint's time axis
         if tokens is not None and is_finite(value):  # a step reported twice is ignored (Optuna warns)
-            trials[trial_id].report(float(value), int(tokens))
+            try:
+                trials[trial_id].report(float(value), int(tokens))
+            except RuntimeError:  # finished in the study already: told before a driver stopped,
+                completed.add(trial_id)  # unknown to Tune's restored state; the study keeps its end
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         trials, completed, _ = ray_compat.optuna_search_state(self)

@@ -127,7 +127,11 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
         if not isinstance(exc, Exception):
             raise
         _raise_run_error(exc, run_name)
-    tracked.close()
+    try:
+        tracked.close()
+    except Exception as tracking_exc:  # noqa: BLE001 - the run itself succeeded: say it, keep its summary
+        log(f"[rewarm] could not close run {run_name} in MLflow ({type(tracking_exc).__name__}: "
+            f"{str(tracking_exc)[:200]}); its curves are in {run_dir}")
     timings["end"] = time.time()
     reports = CurveLog(run_dir / REPORTS_FILE).read()
     metrics = {k: v for k, v in (reports[-1] if reports else {}).items() if not k.startswith("time/")}
@@ -158,12 +162,14 @@ class TrackedRun:
         self.sync = TrialSync(tracker, self.storage, spec.mlflow_params(), spec.tracking.log_interval_s, log=log)
         self.sync.start(run_name, knobs)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # TrialSync is used by one thread at a time
 
     @contextmanager
     def live(self):
         def keep_logging():
             while not self._stop.wait(max(self.sync.log_interval_s, 1.0)):
-                self.sync.sync_if_due(self.run_name)
+                with self._lock:
+                    self.sync.sync_if_due(self.run_name)
 
         thread = threading.Thread(target=keep_logging, name="rewarm-train-mlflow", daemon=True)
         thread.start()
@@ -171,15 +177,19 @@ class TrackedRun:
             yield
         finally:
             self._stop.set()
-            thread.join()
+            thread.join(timeout=60)  # a sync stuck on a dead server must not hold the command
 
     def close(self, ended_by: TrialStatus | None = None) -> None:
         """Close the run: its status from its last report, or `ended_by` (FAILED: the run raised;
         PAUSED: interrupted, continued by the same --run-name from its last checkpoint)."""
+        with self._lock:
+            self._close(ended_by)
+
+    def _close(self, ended_by: TrialStatus | None) -> None:
         run_dir = self.storage / self.run_name
         final = self.sync.last_report(self.run_name) or {}
         artifacts = {}
-        checkpoint, refused = newest_good_checkpoint(None, run_dir)
+        checkpoint, refused = newest_good_checkpoint(None, run_dir, quick=True)
         for reason in refused:
             self.log(f"[rewarm] not linking {reason}")
         if checkpoint is not None:

@@ -22,7 +22,7 @@ from search_spaces.knobs import KNOBS
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.statuses import TrialStatus
 from sweeps.tracking.study import STATUS_ATTR, load_sweep_study, study_storage_url
-from sweeps.tracking.tracker import SPEC_ARTIFACT, STUDY_TAG
+from sweeps.tracking.tracker import SPEC_ARTIFACT, STUDY_STORAGE_TAG, STUDY_TAG
 from trainers.errors import UserError
 from trainers.report_point import is_finite
 
@@ -42,7 +42,8 @@ def min_trials(searched: int) -> int:
 
 def knob_importance(trials: list, searched: list[str], seed: int = 0) -> dict[str, dict[str, float]]:
     """target -> knob -> importance (each target's importances sum to 1) over `trials`
-    (Optuna FrozenTrials, completed, with the targets as user attributes)."""
+    (Optuna FrozenTrials, completed, with the targets as user attributes); None for a target
+    that is the same for every trial."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
@@ -52,6 +53,9 @@ def knob_importance(trials: list, searched: list[str], seed: int = 0) -> dict[st
                                                   user_attrs=t.user_attrs))
     out = {}
     for target in TARGETS:
+        if len({round(t.user_attrs[target], 12) for t in trials}) < 2:
+            out[target] = {k: None for k in searched}  # the same for every trial: nothing to attribute
+            continue
         values = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), params=searched,
                                        target=lambda t, target=target: t.user_attrs[target], normalize=True)
         out[target] = {k: float(values.get(k, 0.0)) for k in searched}
@@ -66,6 +70,9 @@ def sweep_importance(client, sweep: str, tracking_uri: str, experiment: str | No
     parent, _ = load_sweep(client, sweep, experiment)
     spec = yaml.safe_load(mlflow.artifacts.load_text(f"{parent.info.artifact_uri.rstrip('/')}/{SPEC_ARTIFACT}"))
     url = study_storage_url(tracking_uri, (spec.get("tracking") or {}).get("study_storage"), spec["storage_path"])
+    tagged = parent.data.tags.get(STUDY_STORAGE_TAG, "")
+    if tagged and "***" not in tagged:  # where the driver put it (read through a server, the rule cannot see it)
+        url = tagged
     study = load_sweep_study(url, parent.data.tags.get(STUDY_TAG, sweep))
     completed = [t for t in study.trials if t.user_attrs.get(STATUS_ATTR) == TrialStatus.COMPLETED
                  and all(is_finite(t.user_attrs.get(k)) for k in TARGETS)]
@@ -89,7 +96,8 @@ def log_importance(client, result: dict) -> None:
 
     now = int(time.time() * 1000)
     metrics = [Metric(f"{IMPORTANCE_PREFIX}{target}/{knob}", value, now, result["trials"])
-               for target, values in result["importance"].items() for knob, value in values.items()]
+               for target, values in result["importance"].items() for knob, value in values.items()
+               if value is not None]
     client.log_batch(result["parent_run_id"], metrics=metrics)
     client.log_dict(result["parent_run_id"], result, IMPORTANCE_ARTIFACT)
 
@@ -99,7 +107,9 @@ def render_importance(result: dict) -> str:
     width = max(len(k) for k in knobs)
     lines = [f"knob importance over {result['trials']} completed trials (Optuna fANOVA; each column sums to 1)",
              "  ".join(["knob".ljust(width), *(t.rjust(10) for t in TARGETS)])]
-    for k in sorted(knobs, key=lambda k: -result["importance"]["objective"][k]):
-        lines.append("  ".join([k.ljust(width), *(f"{result['importance'][t][k]:10.3f}" for t in TARGETS)]))
+    for k in sorted(knobs, key=lambda k: -(result["importance"]["objective"][k] or 0.0)):
+        lines.append("  ".join([k.ljust(width), *(f"{result['importance'][t][k]:10.3f}"
+                                                  if result["importance"][t][k] is not None else f"{'(constant)':>10s}"
+                                                  for t in TARGETS)]))
     lines += [f"{k.ljust(width)}  fixed at {v}" for k, v in result["fixed"].items()]
     return "\n".join(lines)

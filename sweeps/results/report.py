@@ -184,12 +184,13 @@ def plot_tasks(analysis: dict, path: Path) -> None:
 def plot_importance(result: dict, path: Path) -> None:
     """Knob importance for each target (rewarm importance), one group of bars per knob."""
     plt = _plt()
-    knobs = sorted(result["searched"], key=lambda k: -result["importance"]["objective"][k])
+    knobs = sorted(result["searched"], key=lambda k: -(result["importance"]["objective"][k] or 0.0))
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.8 * len(knobs)))
     height = 0.8 / len(TARGETS)
     for i, target in enumerate(TARGETS):
-        ax.barh([j + i * height for j in range(len(knobs))], [result["importance"][target][k] for k in knobs],
-                height=height, label=target)
+        ax.barh([j + i * height for j in range(len(knobs))], [result["importance"][target][k] or 0.0 for k in knobs],
+                height=height, label=target if result["importance"][target][knobs[0]] is not None
+                else f"{target} (constant)")
     ax.set_yticks([j + height for j in range(len(knobs))], knobs)
     ax.invert_yaxis()
     ax.set_xlabel(f"importance (Optuna fANOVA over {result['trials']} completed trials; each target sums to 1)")

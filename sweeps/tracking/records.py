@@ -18,8 +18,9 @@ class SweepNotFound(UserError, ValueError):
     """No sweep (or experiment) of that name in the tracking store."""
 
 
-def load_sweep(client, sweep: str, experiment: str | None = None):
-    """(parent run, [trial records]) of the newest sweep with that name."""
+def load_sweep(client, sweep: str, experiment: str | None = None, with_trials: bool = True):
+    """(parent run, [trial records]) of the newest sweep with that name (no records unless
+    `with_trials`)."""
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -33,6 +34,8 @@ def load_sweep(client, sweep: str, experiment: str | None = None):
     if not parents:
         raise SweepNotFound(f"sweep {sweep!r} not found in the tracking store")
     parent = parents[0]
+    if not with_trials:
+        return parent, []
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'",
                                   max_results=10000)

@@ -55,6 +55,7 @@ class TrialFiles:
     status: TrialStatus
     checkpoints: tuple[Path, ...]  # oldest first (run_dir.list_checkpoints)
     best_model: Path | None = None
+    linked: Path | None = None  # the final checkpoint MLflow links (the newest that verified), kept
 
 
 def plan_reclaim(trials: list[TrialFiles], policy: RetentionSettings, protected: set[str]) -> dict[str, list[Path]]:
@@ -64,7 +65,8 @@ def plan_reclaim(trials: list[TrialFiles], policy: RetentionSettings, protected:
     for t in trials:
         doomed: list[Path] = []
         if t.status == TrialStatus.COMPLETED and policy.completed == "final_and_best":
-            doomed = list(t.checkpoints[:-1])
+            keep = t.linked if t.linked in t.checkpoints else (t.checkpoints[-1] if t.checkpoints else None)
+            doomed = [c for c in t.checkpoints if c != keep]
         elif t.trial_id in protected:  # the sweep's best so far loses nothing but older checkpoints
             continue
         elif policy.reclaim_stopped and (t.status == TrialStatus.DIVERGED
@@ -89,7 +91,13 @@ def reclaim(plan: dict[str, list[Path]], unlink) -> int:
 
 
 def dir_bytes(path: Path) -> int:
-    path = Path(path)
-    if not path.exists():
-        return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes of the files under `path`; files that vanish while it walks (a running trial
+    rotating its checkpoints) are skipped."""
+    total = 0
+    for p in Path(path).rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            continue
+    return total

@@ -64,6 +64,9 @@ def load_sweep_study(url: str, sweep: str):
     """The sweep's study, for reading; a one-line TrackingError when it is not there."""
     import optuna
 
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise TrackingError(f"no Optuna study {sweep!r}: {display_url(url)} does not exist (sweeps started "
+                            f"before Rewarm kept their study have none)")
     storage = open_study_storage(url)
     try:
         return optuna.load_study(study_name=sweep, storage=storage)

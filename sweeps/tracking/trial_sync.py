@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sweeps.tracking.statuses import RANKED_STATUSES, TrialStatus, rank_key, trial_status
+from sweeps.tracking.statuses import ENDED_STATUSES, RANKED_STATUSES, TrialStatus, rank_key, trial_status
 from sweeps.tracking.store import check_reachable, is_outage
 from sweeps.tracking.tracker import LoggedMarks, Tracker, best_trial_tags
 from trainers.report_point import is_finite
@@ -46,12 +46,13 @@ class TrialSync:
         self._in_outage = False
         self._best: tuple[tuple, str] | None = None  # (rank key, trial id) of the best ended trial
         self._best_tags: dict[str, str] | None = None  # the parent's best-trial tags, while not yet written
+        self._closed: dict[str, TrialStatus] = {}  # the status each ended trial's run was closed with
 
     def __getstate__(self):
         return {**self.__dict__, "log": None}  # a log function may not pickle
 
     def __setstate__(self, state):
-        self.__dict__.update({"_best": None, "_best_tags": None, **state})
+        self.__dict__.update({"_best": None, "_best_tags": None, "_closed": {}, **state})
         self.log = self.log or print
 
     # ------------------------------------------------------------------ what the callback calls
@@ -71,12 +72,30 @@ class TrialSync:
         self._pending[trial_id] = (status, final, artifacts, files, tags)
         self.flush_finished()
 
-    def is_closed(self, trial_id: str) -> bool:
-        """The trial's closing write (status, links) is in MLflow."""
-        return trial_id in self._runs and trial_id not in self._pending
+    @property
+    def closed(self) -> dict[str, TrialStatus]:
+        """Ended trials whose closing write (status, links) is in MLflow, with that status."""
+        return {t: s for t, s in self._closed.items() if t not in self._pending}
+
+    @property
+    def best_trial_id(self) -> str | None:
+        """The best closed trial by `rewarm best`'s rule."""
+        return self._best[1] if self._best else None
 
     def run_id(self, trial_id: str) -> str:
         return self._runs[trial_id][0]
+
+    def adopt_closed(self, summaries: list[dict]) -> None:
+        """Take in trials closed by an earlier driver of this sweep (after `rewarm resume`: Tune
+        restores this object as it was when the sweep started), from MLflow's records."""
+        for t in summaries:
+            if t["status"] in ENDED_STATUSES and t["trial_id"] not in self._pending:
+                self._runs.setdefault(t["trial_id"], (t["run_id"], LoggedMarks(0, 0)))
+                self._closed.setdefault(t["trial_id"], TrialStatus(t["status"]))
+                if is_finite(t["metrics"].get("objective")) and t["status"] in RANKED_STATUSES:
+                    key = rank_key(t["status"], t["metrics"]["objective"])
+                    if self._best is None or key < self._best[0]:
+                        self._best = (key, t["trial_id"])
 
     @property
     def has_pending(self) -> bool:
@@ -148,6 +167,7 @@ class TrialSync:
             if not closed:
                 return
             del self._pending[trial_id]
+            self._closed[trial_id] = status
             self._note_ended(trial_id, status, final)
         if self._best_tags and self._guarded(lambda: self.tracker.set_parent_tags(self._best_tags)):
             self._best_tags = None
