@@ -17,6 +17,7 @@ import numpy as np
 
 from search_spaces.knobs import Knob
 from sweeps.results import loss_perspective as lp
+from sweeps.tracking.mlflow_compat import metric_histories
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX
 from trainers.report_point import TASK_PREFIX
@@ -28,13 +29,16 @@ ANALYSIS_FILE = "analysis.json"
 def collect_points(client, sweep: str, experiment: str | None = None) -> tuple:
     """(parent run, trials, points): one point per eval of a trial where tasks were scored."""
     parent, trials = load_sweep(client, sweep, experiment)
+    # The sweep's tasks are the base reference's (every trial scores the same ones).
+    task_keys = [f"{TASK_PREFIX}{task}/{metric}" for task in sorted(base_tasks(parent)) for metric in TASK_METRICS]
+    run_ids = [t["run_id"] for t in trials]
+    histories = {key: metric_histories(client, run_ids, key)
+                 for key in [f"{EVAL_PREFIX}L_down", f"{EVAL_PREFIX}L_up", *task_keys]}
     points = []
     for trial in trials:
-        run = client.get_run(trial["run_id"])
-        task_keys = [k for k in run.data.metrics if k.startswith(TASK_PREFIX)]
         by_step: dict[int, dict] = defaultdict(dict)
-        for key in [f"{EVAL_PREFIX}L_down", f"{EVAL_PREFIX}L_up", *task_keys]:
-            for m in client.get_metric_history(trial["run_id"], key):
+        for key, by_run in histories.items():
+            for m in by_run[trial["run_id"]]:
                 by_step[m.step][key.removeprefix(EVAL_PREFIX)] = m.value
         for step, values in sorted(by_step.items()):
             if any(k.startswith(TASK_PREFIX) for k in values) and "L_down" in values:

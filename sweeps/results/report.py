@@ -23,6 +23,7 @@ from sweeps.results.analyze import analyze_sweep, render_table
 from sweeps.results.best import format_bytes, rank
 from sweeps.results.importance import TARGETS, sweep_importance
 from sweeps.results.pareto import pareto_front
+from sweeps.tracking.mlflow_compat import metric_histories
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.statuses import ENDED_STATUSES, TrialStatus
 from sweeps.tracking.tracker import BYTES_HELD_METRIC, EVAL_PREFIX, STEP_METRICS
@@ -46,11 +47,11 @@ def _plt():
 
 
 def _histories(client, trials: list[dict], keys: tuple[str, ...]) -> dict[str, dict[str, list]]:
-    out = {}
-    for t in trials:
-        out[t["trial_id"]] = {k: sorted((m.step, m.value) for m in client.get_metric_history(t["run_id"], k))
-                              for k in keys}
-    return out
+    """trial id -> metric key -> [(step, value)], read in bulk (mlflow_compat)."""
+    run_ids = [t["run_id"] for t in trials]
+    by_key = {k: metric_histories(client, run_ids, k) for k in keys}
+    return {t["trial_id"]: {k: sorted((m.step, m.value) for m in by_key[k][t["run_id"]]) for k in keys}
+            for t in trials}
 
 
 def _lr_colors(trials):
