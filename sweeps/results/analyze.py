@@ -26,9 +26,10 @@ from trainers.tasks import TASK_METRICS
 ANALYSIS_FILE = "analysis.json"
 
 
-def collect_points(client, sweep: str, experiment: str | None = None) -> tuple:
-    """(parent run, trials, points): one point per eval of a trial where tasks were scored."""
-    parent, trials = load_sweep(client, sweep, experiment)
+def collect_points(client, sweep: str, experiment: str | None = None, loaded: tuple | None = None) -> tuple:
+    """(parent run, trials, points): one point per eval of a trial where tasks were scored.
+    `loaded`: the sweep's (parent, trials) when the caller has read them already."""
+    parent, trials = loaded or load_sweep(client, sweep, experiment)
     # The sweep's tasks are the base reference's (every trial scores the same ones).
     task_keys = [f"{TASK_PREFIX}{task}/{metric}" for task in sorted(base_tasks(parent)) for metric in TASK_METRICS]
     run_ids = [t["run_id"] for t in trials]
@@ -107,8 +108,9 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def analyze_sweep(client, sweep: str, experiment: str | None = None, log_to_parent: bool = True) -> dict:
-    parent, trials, points = collect_points(client, sweep, experiment)
+def analyze_sweep(client, sweep: str, experiment: str | None = None, log_to_parent: bool = True,
+                  loaded: tuple | None = None) -> dict:
+    parent, trials, points = collect_points(client, sweep, experiment, loaded)
     rows = analyze_points(points, base_tasks(parent))
     result = {"sweep": sweep, "rows": rows, "points": points}
     if log_to_parent:

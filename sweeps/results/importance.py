@@ -62,12 +62,12 @@ def knob_importance(trials: list, searched: list[str], seed: int = 0) -> dict[st
     return out
 
 
-def sweep_importance(client, sweep: str, tracking_uri: str, experiment: str | None = None) -> dict:
+def sweep_importance(client, sweep: str, tracking_uri: str, experiment: str | None = None, parent=None) -> dict:
     """The sweep's knob importance: {"sweep", "parent_run_id", "trials": n completed, "searched": [knobs],
     "fixed": {knob: value}, "importance": {target: {knob: share}}}."""
     import mlflow.artifacts
 
-    parent, _ = load_sweep(client, sweep, experiment)
+    parent = parent or load_sweep(client, sweep, experiment, with_trials=False)[0]
     spec = yaml.safe_load(mlflow.artifacts.load_text(f"{parent.info.artifact_uri.rstrip('/')}/{SPEC_ARTIFACT}"))
     url = study_storage_url(tracking_uri, (spec.get("tracking") or {}).get("study_storage"), spec["storage_path"])
     tagged = parent.data.tags.get(STUDY_STORAGE_TAG, "")

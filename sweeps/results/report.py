@@ -64,20 +64,28 @@ def _lr_colors(trials):
     return {t["trial_id"]: cmap(norm(t.get(Knob.MAX_LR) or 1e-4)) for t in trials}, norm, cmap
 
 
+def _lines(ax, curves: list[list[tuple[float, float]]], colors: list, **style) -> None:
+    """Many curves as one LineCollection: one artist, not one per trial (a 1,000-trial sweep)."""
+    from matplotlib.collections import LineCollection
+
+    if not curves:
+        return
+    ax.add_collection(LineCollection(curves, colors=colors, **style))
+    ax.autoscale_view()
+
+
 def plot_curves(trials, hist, tokens_per_step, path: Path) -> None:
     plt = _plt()
     colors, norm, cmap = _lr_colors(trials)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, key, title in ((axes[0], L_DOWN, "L_down (new domain)"), (axes[1], L_UP, "L_up (old domain)")):
-        for t in trials:
-            pts = hist[t["trial_id"]][key]
-            if not pts:
-                continue
-            x = [s * tokens_per_step for s, _ in pts]
-            y = [v for _, v in pts]
-            ax.plot(x, y, color=colors[t["trial_id"]], lw=1.2, alpha=0.9)
-            if t["status"] in (TrialStatus.EARLY_STOPPED, TrialStatus.DIVERGED, TrialStatus.FAILED):
-                ax.plot(x[-1], y[-1], marker="x", color="crimson", ms=7)
+        drawn = [t for t in trials if hist[t["trial_id"]][key]]
+        _lines(ax, [[(s * tokens_per_step, v) for s, v in hist[t["trial_id"]][key]] for t in drawn],
+               [colors[t["trial_id"]] for t in drawn], lw=1.2, alpha=0.9)
+        ends = [hist[t["trial_id"]][key][-1] for t in drawn
+                if t["status"] in (TrialStatus.EARLY_STOPPED, TrialStatus.DIVERGED, TrialStatus.FAILED)]
+        if ends:
+            ax.scatter([s * tokens_per_step for s, _ in ends], [v for _, v in ends], marker="x", color="crimson", s=40)
         ax.set_title(title)
         ax.set_xlabel("tokens")
         ax.set_ylabel("nats/token")
@@ -92,10 +100,9 @@ def plot_schedules(trials, hist, tokens_per_step, path: Path) -> None:
     plt = _plt()
     colors, norm, cmap = _lr_colors(trials)
     fig, ax = plt.subplots(figsize=(8, 4))
-    for t in trials:
-        pts = hist[t["trial_id"]][TRAIN_LR]
-        if pts:
-            ax.plot([s * tokens_per_step for s, _ in pts], [v for _, v in pts], color=colors[t["trial_id"]], lw=1)
+    drawn = [t for t in trials if hist[t["trial_id"]][TRAIN_LR]]
+    _lines(ax, [[(s * tokens_per_step, v) for s, v in hist[t["trial_id"]][TRAIN_LR]] for t in drawn],
+           [colors[t["trial_id"]] for t in drawn], lw=1)
     ax.set_xlabel("tokens")
     ax.set_ylabel("learning rate (as run)")
     ax.set_title("LR schedules actually run (re-warmed, then decayed)")
@@ -213,7 +220,7 @@ def write_report(client, sweep: str, out_dir: Path, experiment: str | None = Non
     if not trials:
         raise ReportError(f"sweep {sweep!r} has no trial runs yet; nothing to report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    analysis = analyze_sweep(client, sweep, experiment)
+    analysis = analyze_sweep(client, sweep, experiment, log_to_parent=False, loaded=(parent, trials))
     params = parent.data.params
     tokens_per_step = int(params.get("training.global_batch_size", 1)) * int(params.get("data.seq_len", 1))
     hist = _histories(client, trials, (L_DOWN, L_UP, TRAIN_LR))
@@ -225,7 +232,7 @@ def write_report(client, sweep: str, out_dir: Path, experiment: str | None = Non
     plot_parallel(trials, out_dir / "parallel.png")
     plot_tasks(analysis, out_dir / "tasks.png")
     try:
-        importance = sweep_importance(client, sweep, tracking_uri or client.tracking_uri, experiment)
+        importance = sweep_importance(client, sweep, tracking_uri or client.tracking_uri, experiment, parent=parent)
         plot_importance(importance, out_dir / "importance.png")
     except UserError as exc:  # too few completed trials, or a sweep kept no study: say which
         importance = str(exc)
