@@ -4,6 +4,8 @@
     trials/<trial id>/   each trial's run dir (trainers/run_dir.py)
     stopper_state.pkl    the schedule-aware stopper's state (Tune does not checkpoint schedulers)
     driver_timings.json  the driver's per-trial timestamps and MLflow time (overhead benchmark)
+    (../optuna.db)       the sweeps' Optuna studies, in the storage path, only when MLflow is an
+                         HTTP server and tracking.study_storage is unset (sweeps/tracking/study.py)
     ...                  and Tune's own experiment state, which only Tune reads (Tuner.can_restore)
 """
 
