@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from trainers.errors import UserError
 from trainers.replay import ReplayState
-from trainers.run_dir import PARTIAL_SUFFIX, list_checkpoints
+from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX, list_checkpoints
 
 MANIFEST = "MANIFEST.json"
 _FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
@@ -153,6 +153,22 @@ def newest_good_checkpoint(latest: Path | None, run_dir: Path | None,
             continue
         return candidate, errors
     return None, errors
+
+
+def linkable_artifacts(run_dir: Path, latest: Path | None = None) -> tuple[dict[str, Path], list[str]]:
+    """What MLflow may link of an ended run: {"final": its newest checkpoint that passes the quick
+    check, "best": its best model}, where they exist, and why newer checkpoints were passed over.
+
+    A stop while the newest checkpoint was being copied leaves it partial; MLflow must link one
+    that loads, so a checkpoint that fails its manifest is passed over.
+    """
+    artifacts = {}
+    final, refused = newest_good_checkpoint(latest, run_dir, quick=True)
+    if final is not None:
+        artifacts["final"] = final
+    if (run_dir / BEST_MODEL_DIR).exists():
+        artifacts["best"] = run_dir / BEST_MODEL_DIR
+    return artifacts, refused
 
 
 def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.device) -> TrainState:

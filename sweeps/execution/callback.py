@@ -22,7 +22,7 @@ from sweeps.tracking.store import is_outage
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
 from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog, list_checkpoints
-from trainers.checkpoint import newest_good_checkpoint
+from trainers.checkpoint import linkable_artifacts
 
 
 def stop_tags(decisions_file: Path) -> dict[str, str]:
@@ -182,21 +182,12 @@ class SweepCallback(Callback):
         self.sync.adopt_closed(self.summaries())
 
     def _artifacts(self, trial_id: str) -> dict[str, Path]:
-        """The trial's final checkpoint (the newest that verifies) and best model, where they exist.
-
-        A stop while the newest checkpoint was being copied leaves it partial; MLflow must link
-        one that loads, so a checkpoint that fails its manifest is passed over, and said so.
-        """
-        artifacts = {}
-        final, refused = newest_good_checkpoint(self._checkpoints.get(trial_id), self.trials_root / trial_id,
-                                                quick=True)
+        """The trial's final checkpoint and best model for MLflow (checkpoint.linkable_artifacts)."""
+        artifacts, refused = linkable_artifacts(self.trials_root / trial_id, self._checkpoints.get(trial_id))
         for reason in refused:
             self.log(f"[rewarm] trial {trial_id}: not linking {reason}")
-        if final is not None:
-            artifacts["final"] = self._linked[trial_id] = final
-        best_dir = self.trials_root / trial_id / BEST_MODEL_DIR
-        if best_dir.exists():
-            artifacts["best"] = best_dir
+        if "final" in artifacts:
+            self._linked[trial_id] = artifacts["final"]
         return artifacts
 
     def _progress_line(self, trial_id: str, status: TrialStatus, trials, final: dict) -> str:

@@ -28,11 +28,10 @@ from sweeps.tracking.store import check_reachable
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
 from trainers import ray_compat
-from trainers.checkpoint import newest_good_checkpoint
+from trainers.checkpoint import linkable_artifacts
 from trainers.errors import UserError
 from trainers.report_point import RunStatus
-from trainers.run_dir import (ATTEMPTS_FILE, BEST_MODEL_DIR, CURVES_FILE, REPORTS_FILE, SUMMARY_FILE, CurveLog,
-                              read_jsonl)
+from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, REPORTS_FILE, SUMMARY_FILE, CurveLog, read_jsonl
 
 
 class RunFailed(RuntimeError):
@@ -119,19 +118,11 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
             else:
                 torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name, storage).fit()
     except BaseException as exc:
-        try:  # the run's own error is the one the user must see
-            tracked.close(TrialStatus.PAUSED if isinstance(exc, KeyboardInterrupt) else TrialStatus.FAILED)
-        except Exception as tracking_exc:  # noqa: BLE001
-            log(f"[rewarm] could not close run {run_name} in MLflow ({type(tracking_exc).__name__}: "
-                f"{str(tracking_exc)[:200]}); its curves are in {run_dir}")
+        tracked.close(TrialStatus.PAUSED if isinstance(exc, KeyboardInterrupt) else TrialStatus.FAILED)
         if not isinstance(exc, Exception):
             raise
         _raise_run_error(exc, run_name)
-    try:
-        tracked.close()
-    except Exception as tracking_exc:  # noqa: BLE001 - the run itself succeeded: say it, keep its summary
-        log(f"[rewarm] could not close run {run_name} in MLflow ({type(tracking_exc).__name__}: "
-            f"{str(tracking_exc)[:200]}); its curves are in {run_dir}")
+    tracked.close()
     timings["end"] = time.time()
     reports = CurveLog(run_dir / REPORTS_FILE).read()
     metrics = {k: v for k, v in (reports[-1] if reports else {}).items() if not k.startswith("time/")}
@@ -181,21 +172,23 @@ class TrackedRun:
 
     def close(self, ended_by: TrialStatus | None = None) -> None:
         """Close the run: its status from its last report, or `ended_by` (FAILED: the run raised;
-        PAUSED: interrupted, continued by the same --run-name from its last checkpoint)."""
-        with self._lock:
-            self._close(ended_by)
+        PAUSED: interrupted, continued by the same --run-name from its last checkpoint).
+
+        Never raises: the run's own outcome (or error) is what the user must see, and its
+        summary is still written; a tracking failure here is said in one line."""
+        try:
+            with self._lock:
+                self._close(ended_by)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self.log(f"[rewarm] could not close run {self.run_name} in MLflow ({type(exc).__name__}: "
+                     f"{str(exc)[:200]}); its curves are in {self.storage / self.run_name}")
 
     def _close(self, ended_by: TrialStatus | None) -> None:
         run_dir = self.storage / self.run_name
         final = self.sync.last_report(self.run_name) or {}
-        artifacts = {}
-        checkpoint, refused = newest_good_checkpoint(None, run_dir, quick=True)
+        artifacts, refused = linkable_artifacts(run_dir)
         for reason in refused:
             self.log(f"[rewarm] not linking {reason}")
-        if checkpoint is not None:
-            artifacts["final"] = checkpoint
-        if (run_dir / BEST_MODEL_DIR).exists():
-            artifacts["best"] = run_dir / BEST_MODEL_DIR
         self.sync.finish(self.run_name, ended_by or trial_status(final), final, artifacts, files=[], tags={})
         if self.sync.flush(self.flush_timeout_s):
             self.log(f"[rewarm] MLflow unavailable: run {self.run_name} is not fully logged; its curves are in {run_dir}")

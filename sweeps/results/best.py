@@ -17,10 +17,9 @@ import yaml
 from search_spaces.knobs import KNOBS
 from sweeps.results.pareto import pareto_front
 from sweeps.tracking.records import SweepNotFound
-from sweeps.tracking.statuses import TrialStatus
+from sweeps.tracking.statuses import RANKED_STATUSES, TrialStatus, rank_key
 from sweeps.tracking.tracker import SPEC_ARTIFACT, SWEEP_TAG
 
-RANKED_STATUSES = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
 COLUMNS = ("rank", "trial_id", "status", "objective", "gain", "forgetting", "L_up", "L_down", *KNOBS, "tokens")
 
 
@@ -32,7 +31,7 @@ def rank(trials: list[dict], top: int | None = None, max_forgetting: float | Non
     if pareto:
         done = [t for t in pool if t["status"] == TrialStatus.COMPLETED]
         pool = [done[i] for i in sorted(pareto_front([(t["gain"], t["forgetting"]) for t in done]))]
-    pool.sort(key=lambda t: (t["status"] != TrialStatus.COMPLETED, -t["objective"]))
+    pool.sort(key=lambda t: rank_key(t["status"], t["objective"]))
     ranked = [{"rank": i + 1, **t} for i, t in enumerate(pool)]
     return ranked[:top] if top else ranked
 

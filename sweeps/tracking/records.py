@@ -28,12 +28,9 @@ def load_sweep(client, sweep: str, experiment: str | None = None, with_trials: b
         experiment_ids = [exp.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(
-        experiment_ids, filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'",
-        order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
-    if not parents:
+    parent = _newest_parent(client, experiment_ids, sweep)
+    if parent is None:
         raise SweepNotFound(f"sweep {sweep!r} not found in the tracking store")
-    parent = parents[0]
     if not with_trials:
         return parent, []
     children = client.search_runs([parent.info.experiment_id],
@@ -44,10 +41,18 @@ def load_sweep(client, sweep: str, experiment: str | None = None, with_trials: b
 
 def newest_sweep_experiment(client) -> str | None:
     """The experiment id of the newest sweep in the store (None when there is none)."""
-    experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiment_ids, filter_string=f"tags.`{KIND_TAG}` = '{SWEEP_KIND}'",
-                                 order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
-    return parents[0].info.experiment_id if parents else None
+    parent = _newest_parent(client, [e.experiment_id for e in client.search_experiments()])
+    return parent.info.experiment_id if parent else None
+
+
+def _newest_parent(client, experiment_ids: list[str], sweep: str | None = None):
+    """The newest sweep parent run in those experiments (of that sweep, if named), or None."""
+    if not experiment_ids:
+        return None
+    where = f"tags.`{KIND_TAG}` = '{SWEEP_KIND}'" + (f" and tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else "")
+    parents = client.search_runs(experiment_ids, filter_string=where, order_by=["attributes.start_time DESC"],
+                                 max_results=1)
+    return parents[0] if parents else None
 
 
 def trial_record(run) -> dict:

@@ -92,10 +92,7 @@ class TrialSync:
             if t["status"] in ENDED_STATUSES and t["trial_id"] not in self._pending:
                 self._runs.setdefault(t["trial_id"], (t["run_id"], LoggedMarks(0, 0)))
                 self._closed.setdefault(t["trial_id"], TrialStatus(t["status"]))
-                if is_finite(t["metrics"].get("objective")) and t["status"] in RANKED_STATUSES:
-                    key = rank_key(t["status"], t["metrics"]["objective"])
-                    if self._best is None or key < self._best[0]:
-                        self._best = (key, t["trial_id"])
+                self._rank(t["trial_id"], t["status"], t["metrics"].get("objective"))
 
     @property
     def has_pending(self) -> bool:
@@ -174,13 +171,19 @@ class TrialSync:
 
     def _note_ended(self, trial_id: str, status: TrialStatus, final: dict) -> None:
         """A closed trial that beats the best so far (`rewarm best`'s order) moves the parent's tags."""
-        if status not in RANKED_STATUSES or not is_finite(final.get("objective")):
-            return
-        key = rank_key(status, final["objective"])
-        if self._best is None or key < self._best[0]:
-            self._best = (key, trial_id)
+        if self._rank(trial_id, status, final.get("objective")):
             self._best_tags = best_trial_tags(trial_id, self._runs[trial_id][0], final["objective"],
                                               self.knobs.get(trial_id, {}))
+
+    def _rank(self, trial_id: str, status: str, objective) -> bool:
+        """Take a closed trial into the best-so-far; whether it is the new best."""
+        if status not in RANKED_STATUSES or not is_finite(objective):
+            return False
+        key = rank_key(status, objective)
+        if self._best is not None and key >= self._best[0]:
+            return False
+        self._best = (key, trial_id)
+        return True
 
     def _guarded(self, call) -> bool:
         """Run an MLflow call; an outage is noted (and retried later), anything else raises."""
