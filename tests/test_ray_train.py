@@ -62,6 +62,26 @@ def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, 
         assert {"checkpoints/final", "checkpoints/best"} <= {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
 
 
+def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_world, tmp_path):
+    """FSDP on a Ray Train worker group: the same curve as DDP, sharded checkpoints written into
+    Ray Train's run dir (reported without an upload), and an exact resume through Ray."""
+    from tests.test_parallel import FSDP_VS_DDP_TOLERANCE
+    from trainers.checkpoint import is_sharded_checkpoint
+    from trainers.run_dir import list_checkpoints
+
+    ddp = run_single(small_spec(tmp_path, resources={"workers_per_trial": 2}), run_name="ddp")
+    fsdp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"})
+    part = run_single(fsdp_spec, run_name="fsdp", stop_after_step=10)
+    checkpoints = list_checkpoints(part.run_dir)
+    assert checkpoints and all(is_sharded_checkpoint(c) for c in checkpoints)
+    resumed = run_single(fsdp_spec, run_name="fsdp")
+    assert resumed.timings["resumed_from_step"] == 10 and resumed.status == "completed"
+    for a, b in zip(read_curve(ddp.run_dir), read_curve(resumed.run_dir), strict=True):
+        assert a["step"] == b["step"] and a["lr"] == b["lr"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=FSDP_VS_DDP_TOLERANCE)
+    assert resumed.metrics["L_down"] == pytest.approx(ddp.metrics["L_down"], abs=FSDP_VS_DDP_TOLERANCE)
+
+
 def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
     from sweeps.execution.single_run import RunFailed
 

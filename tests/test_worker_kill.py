@@ -2,7 +2,8 @@
 and its curves equal an uninterrupted run's; MLflow has one child run with every step exactly once.
 
 Both kinds of trial: a single-worker trial trains in its Tune trial process (Tune retries it), a
-two-worker trial on Ray Train workers (Train restarts its worker group)."""
+two-worker trial on Ray Train workers (Train restarts its worker group), with DDP and with FSDP
+(sharded checkpoints)."""
 
 import json
 import os
@@ -41,12 +42,13 @@ def _curve(path):
     return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
-def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_ray, local_ray, workers):
+@pytest.mark.parametrize("workers, strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp")],
+                         ids=["in-process", "ray-train", "ray-train-fsdp"])
+def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_ray, local_ray, workers, strategy):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(tmp_path, name="killworker", budget={"num_trials": 1, "tokens_per_trial": 512 * STEPS},
                       training={"checkpoint_every_tokens": 512 * 8, "eval_every_tokens": 512 * 4},
-                      resources={"workers_per_trial": workers, "cpus_per_worker": 1},
+                      resources={"workers_per_trial": workers, "cpus_per_worker": 1, "strategy": strategy},
                       scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "kill"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})

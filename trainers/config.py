@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainers.data import PreparedDomain
 from trainers.objective import BaseReference, ObjectiveConfig
+from trainers.parallel import ParallelConfig
 from trainers.tasks import TokenizedTask
 from trainers.schedules import ScheduleConfig
 
@@ -64,7 +65,8 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_path: str = Field(description="Local path or hub name for AutoModelForCausalLM.from_pretrained.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype; bf16 autocast is used on GPU either way.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Storage dtype of the weights as loaded; training keeps fp32 master weights unless parallel.precision is bf16-pure.")
+    parallel: ParallelConfig = Field(ParallelConfig(), description="DDP or FSDP, precision, activation checkpointing.")
     upstream: PreparedDomain
     downstream: PreparedDomain
     schedule: ScheduleConfig
@@ -89,6 +91,8 @@ class TrialConfig(BaseModel):
         # Task scoring draws no randomness and changes no weights: which tasks are scored, and
         # when, is not part of the trajectory.
         trajectory["loop"].pop("task_eval_every")
+        if self.parallel == ParallelConfig():
+            trajectory.pop("parallel")  # checkpoints from before the field existed still resume
         if trajectory.get("base_reference"):
             trajectory["base_reference"].pop("tasks", None)
         if self.objective.task is None:

@@ -1,17 +1,109 @@
-"""Held-out loss: mean per-token cross-entropy (nats) over fixed validation blocks."""
+"""Held-out loss: mean per-token cross-entropy (nats) over fixed validation blocks, in bounded memory.
+
+Full logits are [batch, seq, vocab]: 32 x 2048 x 50k in fp32 is over 13 GB. So the model is
+run for its final hidden states only (`logits_to_keep=1`, with a hook on the decoder), and
+the output head is applied to at most `LOGIT_CHUNK_ELEMENTS` logits at a time, each chunk's
+cross-entropy summed in fp32. Under FSDP every rank runs the same number of forward passes
+(a rank short of blocks runs a discarded one): each forward all-gathers weights collectively.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trainers import distributed as dist_utils
+from trainers.parallel import bare, is_sharded
+
+LOGIT_CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk: 256 MiB
+
+
+def autocast(device: torch.device, compute_dtype: torch.dtype | None):
+    """bf16 autocast when the run computes in bf16; no context at all otherwise (it is not free)."""
+    if compute_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=compute_dtype)
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """The model to call for evaluation, in eval mode: the bare module under DDP (a DDP forward
+    syncs buffers across ranks, and ranks may evaluate different numbers of blocks), and under
+    FSDP the root's own weights (embeddings, head) gathered once for the whole evaluation."""
+    net = bare(model)
+    was_training = net.training
+    net.eval()
+    sharded = is_sharded(net)
+    if sharded:
+        net.unshard()
+    try:
+        yield net
+    finally:
+        if sharded:
+            net.reshard()
+        if was_training:
+            net.train()
+
+
+def hidden_states(net, ids: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None):
+    """(final hidden states [B, T, H], output head) of a Hugging Face causal LM, computing logits
+    for one position only; (None, full logits) for any other model."""
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    decoder = getattr(net, "base_model", None)
+    if head is None or decoder is None or decoder is net:
+        with autocast(device, compute_dtype):
+            return None, net(input_ids=ids).logits
+    captured = {}
+    handle = decoder.register_forward_hook(lambda module, args, out: captured.__setitem__("h", out[0]))
+    try:
+        with autocast(device, compute_dtype):
+            net(input_ids=ids, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured["h"], head
+
+
+def head_chunks(head, hidden: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None):
+    """Yield (start, fp32 logits) of `hidden` [N, H] in chunks of at most LOGIT_CHUNK_ELEMENTS logits."""
+    vocab = head.weight.shape[0]
+    step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+    for start in range(0, hidden.shape[0], step):
+        with autocast(device, compute_dtype):
+            logits = head(hidden[start:start + step])
+        yield start, logits.float()
+
+
+def next_token_loss_sum(net, ids: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None) -> torch.Tensor:
+    """Summed next-token cross-entropy (fp64 scalar) of `ids` [B, T]."""
+    targets = ids[:, 1:].reshape(-1)
+    hidden, head = hidden_states(net, ids, device, compute_dtype)
+    if hidden is None:  # head holds the full logits
+        logits = head[:, :-1].reshape(-1, head.size(-1)).float()
+        return F.cross_entropy(logits, targets, reduction="sum").double()
+    flat = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start, logits in head_chunks(head, flat, device, compute_dtype):
+        total += F.cross_entropy(logits, targets[start:start + logits.shape[0]], reduction="sum").double()
+    return total
+
+
+def forward_rounds(n_items: int, per_round: int, sharded: bool) -> int:
+    """How many evaluation forward passes this rank makes over its `n_items`: under FSDP every
+    rank makes as many as the rank with the most (each pass is collective)."""
+    mine = math.ceil(n_items / per_round)
+    if not sharded:
+        return mine
+    counts = dist_utils.gather_objects(mine)
+    return max(counts)
 
 
 @torch.no_grad()
 def validation_loss(model, blocks: np.ndarray, batch_size: int, device: torch.device,
-                    autocast: bool = False) -> float:
+                    compute_dtype: torch.dtype | None = None) -> float:
     """Mean next-token loss over `blocks` [N, L]; ranks split the blocks and sum.
 
     Summing token losses and counts (instead of averaging per-rank means) keeps the
@@ -19,21 +111,14 @@ def validation_loss(model, blocks: np.ndarray, batch_size: int, device: torch.de
     """
     rank, world = dist_utils.rank_and_world()
     mine = np.arange(rank, len(blocks), world)
-    # The bare module, not the DDP wrapper: a DDP forward syncs buffers across ranks, and ranks
-    # may hold different numbers of blocks.
-    model = model.module if hasattr(model, "module") else model
-    was_training = model.training
-    model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i in range(0, len(mine), batch_size):
-        ids = torch.as_tensor(np.asarray(blocks[mine[i:i + batch_size]]), dtype=torch.long, device=device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=ids).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1),
-                               reduction="sum")
-        total[0] += loss.double()
-        total[1] += ids[:, 1:].numel()
+    with evaluating(model) as net:
+        for i in range(forward_rounds(len(mine), batch_size, is_sharded(net))):
+            chunk = mine[i * batch_size:(i + 1) * batch_size]
+            ids = torch.as_tensor(np.asarray(blocks[chunk if len(chunk) else [0]]), dtype=torch.long, device=device)
+            loss = next_token_loss_sum(net, ids, device, compute_dtype)
+            if len(chunk):  # an empty chunk was a rank's share of a collective forward: discarded
+                total[0] += loss
+                total[1] += ids[:, 1:].numel()
     dist_utils.all_reduce_sum(total)
-    if was_training:
-        model.train()
     return float(total[0] / total[1])

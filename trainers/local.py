@@ -44,3 +44,50 @@ def run_in_process(cfg: TrialConfig, checkpoint_root: Path | None = None, resume
     model = load_model(cfg, device)
     Trainer(cfg, model, device, reporter, resume_from=resume_from).run()
     return reporter
+
+
+def run_distributed(cfg: TrialConfig, world: int, checkpoint_root: Path | None = None,
+                    resume_from: Path | None = None, port: int = 29561) -> CollectingReporter:
+    """The loop on `world` CPU processes (gloo), without Ray: what tests use to compare DDP,
+    FSDP and one worker, and to resume across strategies. Returns rank 0's reports."""
+    import json
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    out = Path(tempfile.mkdtemp(prefix="rewarm-dist-")) / "rank0.json"
+    mp.spawn(_distributed_rank, args=(world, cfg.model_dump_json(), str(checkpoint_root) if checkpoint_root else None,
+                                      str(resume_from) if resume_from else None, port, str(out)),
+             nprocs=world, join=True)
+    data = json.loads(out.read_text())
+    return CollectingReporter(checkpoint_root, data["reports"], data["steps"], [Path(p) for p in data["checkpoints"]])
+
+
+def _distributed_rank(rank: int, world: int, cfg_json: str, checkpoint_root: str | None,
+                      resume_from: str | None, port: int, out: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from trainers.checkpoint import newest_good_checkpoint
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = TrialConfig.model_validate_json(cfg_json)
+        torch.set_num_threads(1)
+        device = torch.device("cpu")
+        reporter = CollectingReporter(Path(checkpoint_root) if checkpoint_root else None)
+        model = load_model(cfg, device)
+        found = None
+        if resume_from:
+            found, errors = newest_good_checkpoint(Path(resume_from), None)
+            if found is None:
+                raise RuntimeError(errors[0])
+        Trainer(cfg, model, device, reporter, resume_from=found, resume_verified=True).run()
+        if rank == 0:
+            Path(out).write_text(json.dumps({"reports": reporter.reports, "steps": reporter.steps,
+                                             "checkpoints": [str(p) for p in reporter.checkpoints]}))
+    finally:
+        dist.destroy_process_group()

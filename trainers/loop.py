@@ -1,9 +1,9 @@
 """The one training loop: continued pre-training with a re-warmed schedule and replay.
 
-It runs the same way inside a Ray Train worker (DDP, reports through Ray) and in a
+It runs the same way inside a Ray Train worker (DDP or FSDP, reports through Ray) and in a
 plain process (tests, benchmarks): everything outside the loop goes through a
 `Reporter`. At every report point all ranks call `reporter.report`, which is what Ray
-Train requires; only rank 0 writes checkpoints.
+Train requires. Rank 0 writes whole-model checkpoints; under FSDP every rank writes its shards.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ import torch
 
 from trainers import distributed as dist_utils
 from trainers import system_metrics
-from trainers.checkpoint import CheckpointError, TrainState, capture_rng, load_checkpoint, save_checkpoint
+from trainers.checkpoint import (CheckpointError, TrainState, capture_rng, load_checkpoint, save_checkpoint,
+                                 save_sharded_checkpoint)
 from trainers.config import TrialConfig
 from trainers.data import load_blocks
-from trainers.evaluation import validation_loss
+from trainers.evaluation import autocast, validation_loss
+from trainers.parallel import bare, build_model, is_sharded, precision_plan
 from trainers.objective import BaseReference, score
 from trainers.tasks import evaluate_task
 from trainers.replay import ReplayMixer
@@ -47,7 +49,7 @@ class Reporter(Protocol):
 
 class Trainer:
     def __init__(self, cfg: TrialConfig, model: torch.nn.Module, device: torch.device,
-                 reporter: Reporter, resume_from: Path | None = None):
+                 reporter: Reporter, resume_from: Path | None = None, resume_verified: bool = False):
         self.cfg, self.model, self.device, self.reporter = cfg, model, device, reporter
         self.rank, self.world = dist_utils.rank_and_world()
         loop = cfg.loop
@@ -56,7 +58,10 @@ class Trainer:
                              f"workers x micro_batch_size = {self.world} x {loop.micro_batch_size}")
         self.per_rank = loop.global_batch_size // self.world
         self.accum = self.per_rank // loop.micro_batch_size
-        self.autocast = device.type == "cuda"
+        self.sharded = is_sharded(model)
+        # Under FSDP the mixed-precision policy casts weights in flight; under DDP autocast does.
+        self.compute_dtype = precision_plan(cfg.parallel.precision, device.type).compute
+        self.autocast_dtype = None if self.sharded else self.compute_dtype
         self.optimizer = _adamw(model, cfg)
         self.val_up = load_blocks(cfg.upstream.val)
         self.val_down = load_blocks(cfg.downstream.val)
@@ -64,9 +69,10 @@ class Trainer:
         # Every RNG, not only torch's: a process may have run another trial before this one
         # (Tune reuses trial processes), and a resumed run restores all of them below.
         seed_everything(loop.seed + self.rank)
-        state = TrainState(step=0, tokens_seen=0, replay={}, config_fingerprint=cfg.fingerprint())
+        state = TrainState(step=0, tokens_seen=0, replay={}, config_fingerprint=cfg.fingerprint(),
+                           world_size=self.world)
         if resume_from is not None:
-            state = load_checkpoint(resume_from, model, self.optimizer, self.rank, device)
+            state = load_checkpoint(resume_from, model, self.optimizer, self.rank, device, verified=resume_verified)
             if state.config_fingerprint != cfg.fingerprint():
                 raise CheckpointError(
                     f"checkpoint {resume_from} belongs to a run with a different configuration; "
@@ -124,14 +130,18 @@ class Trainer:
         mine = torch.from_numpy(tokens[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         for micro_idx, micro in enumerate(mine.split(loop.micro_batch_size)):
-            # DDP all-reduces gradients only on the last micro-batch of the step.
+            # DDP all-reduces gradients only on the last micro-batch of the step. FSDP
+            # reduce-scatters after every micro-batch: skipping it would keep whole unsharded
+            # gradients between micro-batches, the memory sharding exists to save.
             last = micro_idx == self.accum - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync, self._autocast():
+            with sync, autocast(self.device, self.autocast_dtype):
                 loss = self.model(input_ids=micro, labels=micro).loss / self.accum
             loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor over the shards' norms
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         dist_utils.all_reduce_mean(loss_sum)
@@ -147,12 +157,6 @@ class Trainer:
                 "grad_norm": float(grad_norm), "upstream_seqs": int(is_up.sum()),
                 "tokens_per_s": step_tokens / dt, "time": time.time()}
 
-    def _autocast(self):
-        # bf16 autocast on GPU only; on CPU skip the context entirely (it is not free per micro-batch).
-        if self.autocast:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _divergence_status(self, loss: float) -> str:
         s = self.state
         if not math.isfinite(loss):
@@ -165,15 +169,15 @@ class Trainer:
     # ------------------------------------------------------------------ report points
 
     def _evaluate(self) -> dict[str, float]:
-        bs, ac = self.cfg.loop.eval_batch_size, self.autocast
-        return {"L_up": validation_loss(self.model, self.val_up, bs, self.device, ac),
-                "L_down": validation_loss(self.model, self.val_down, bs, self.device, ac)}
+        bs, dt = self.cfg.loop.eval_batch_size, self.autocast_dtype
+        return {"L_up": validation_loss(self.model, self.val_up, bs, self.device, dt),
+                "L_down": validation_loss(self.model, self.val_down, bs, self.device, dt)}
 
     def _evaluate_tasks(self, with_chance: bool = False) -> dict[str, dict[str, float]]:
         out = {}
         for task in self.cfg.tasks:
             out[task.name] = evaluate_task(self.model, task, self.device,
-                                           self.cfg.length_normalized.get(task.name, False), self.autocast)
+                                           self.cfg.length_normalized.get(task.name, False), self.autocast_dtype)
             if with_chance:
                 out[task.name]["chance_accuracy"] = task.chance_accuracy
         return out
@@ -225,7 +229,7 @@ class Trainer:
         scores = score(**self._evaluate(), base=self.base, cfg=cfg.objective, tasks=tasks)
         if s.best_objective is None or scores["objective"] > s.best_objective:
             s.best_objective = scores["objective"]
-            if cfg.loop.save_best and cfg.run_dir is not None and self.rank == 0:
+            if cfg.loop.save_best and cfg.run_dir is not None:
                 self._save_best_model(cfg.run_dir / BEST_MODEL_DIR)
         return dataclasses.replace(point, **scores, tasks=tasks, best_objective=s.best_objective)
 
@@ -237,23 +241,32 @@ class Trainer:
         due = status == RunStatus.RUNNING and since >= cfg.loop.checkpoint_every
         if since <= 0 or not (ended or due):
             return None
-        # All ranks must take part in gathering RNG states; only rank 0 writes.
+        # All ranks take part in gathering RNG states and agree on rank 0's directory.
         rng_states = dist_utils.gather_objects(capture_rng())
-        checkpoint_dir = None
-        if self.rank == 0:
-            checkpoint_dir = self.reporter.checkpoint_target(s.step)
-            save_checkpoint(checkpoint_dir, self.model, self.optimizer, s, rng_states)
+        target = dist_utils.gather_objects(self.reporter.checkpoint_target(s.step) if self.rank == 0 else None)[0]
+        if self.sharded:
+            save_sharded_checkpoint(target, self.model, self.optimizer, s, rng_states)
+        elif self.rank == 0:
+            save_checkpoint(target, self.model, self.optimizer, s, rng_states)
         self._last_checkpoint_step = s.step
-        return checkpoint_dir
+        return target if self.rank == 0 else None
 
     def _save_best_model(self, directory: Path) -> None:
-        """Weights of the best eval so far, loadable with `from_pretrained` (atomic replace)."""
+        """Weights of the best eval so far, loadable with `from_pretrained` (atomic replace).
+        Called on every rank: under FSDP the whole weights are gathered (to rank 0's CPU)."""
         import shutil
 
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = bare(self.model)
+        state_dict = None
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return
         tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         (tmp / "rewarm_best.json").write_text(json.dumps({"step": self.state.step, "objective": self.state.best_objective}))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
@@ -280,10 +293,5 @@ def _adamw(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:
 
 
 def load_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per worker per trial drowns the sweep's own output
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
-    return model.to(device)
+    """The trial's model on this rank, laid out for its strategy and precision (trainers/parallel.py)."""
+    return build_model(cfg.model_path, cfg.dtype, cfg.parallel, device)

@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainers.errors import UserError
 from trainers import distributed as dist_utils
+from trainers.errors import UserError
+from trainers.evaluation import evaluating, forward_rounds, head_chunks, hidden_states
+from trainers.parallel import is_sharded
 
 
 class TaskError(UserError, ValueError):
@@ -128,22 +130,34 @@ def tokenize_task(name: str, examples: list[TaskExample], tokenizer, max_len: in
 
 @torch.no_grad()
 def batch_log_likelihoods(model, items: list[tuple[list[int], list[list[int]]]], device: torch.device,
-                          autocast: bool = False) -> list[list[float]]:
+                          compute_dtype: torch.dtype | None = None) -> list[list[float]]:
     """For each (prompt, choices): summed log p(choice tokens | prompt) per choice, all in one
-    right-padded forward pass (causal attention: padding after a sequence never affects it)."""
+    right-padded forward pass (causal attention: padding after a sequence never affects it).
+    The head is applied only at the positions that predict a choice token (in bounded chunks),
+    never to the whole [batch, seq, vocab]."""
     seqs = [(prompt, c) for prompt, choices in items for c in choices]
     width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
+    rows, positions, tokens, owner = [], [], [], []
     for i, (p, c) in enumerate(seqs):
         ids[i, :len(p) + len(c)] = torch.as_tensor(p + c, device=device)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits = model(input_ids=ids).logits
-    logp = F.log_softmax(logits.float(), dim=-1)
-    flat = []
-    for i, (p, c) in enumerate(seqs):
-        # The first choice token sits at len(p) and is predicted by the logits one position before.
-        positions = torch.arange(len(p) - 1, len(p) - 1 + len(c), device=device)
-        flat.append(float(logp[i, positions, torch.as_tensor(c, device=device)].sum()))
+        # The first choice token sits at len(p) and is predicted by the position one before.
+        rows += [i] * len(c)
+        positions += range(len(p) - 1, len(p) - 1 + len(c))
+        tokens += c
+        owner += [i] * len(c)
+    rows_t, pos_t = torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device)
+    tokens_t = torch.as_tensor(tokens, device=device)
+    hidden, head = hidden_states(model, ids, device, compute_dtype)
+    if hidden is None:  # head holds the full logits
+        token_logp = F.log_softmax(head[rows_t, pos_t].float(), dim=-1).gather(1, tokens_t[:, None])[:, 0]
+    else:
+        picked = hidden[rows_t, pos_t]
+        token_logp = torch.cat([F.log_softmax(logits, dim=-1).gather(1, tokens_t[start:start + len(logits), None])[:, 0]
+                                for start, logits in head_chunks(head, picked, device, compute_dtype)])
+    flat = torch.zeros(len(seqs), dtype=torch.float64, device=device)
+    flat.index_add_(0, torch.as_tensor(owner, device=device), token_logp.double())
+    flat = flat.tolist()
     out, k = [], 0
     for _, choices in items:
         out.append(flat[k:k + len(choices)])
@@ -152,9 +166,9 @@ def batch_log_likelihoods(model, items: list[tuple[list[int], list[list[int]]]],
 
 
 def choice_log_likelihoods(model, prompt: list[int], choices: list[list[int]], device: torch.device,
-                           autocast: bool = False) -> list[float]:
+                           compute_dtype: torch.dtype | None = None) -> list[float]:
     """Summed log p(choice tokens | prompt) for each choice of one example."""
-    return batch_log_likelihoods(model, [(prompt, choices)], device, autocast)[0]
+    return batch_log_likelihoods(model, [(prompt, choices)], device, compute_dtype)[0]
 
 
 def example_metrics(scores: list[float], answer: int) -> dict[str, float]:
@@ -173,26 +187,22 @@ TASK_METRICS = ("accuracy", "correct_prob", "brier")
 
 @torch.no_grad()
 def evaluate_task(model, task: TokenizedTask, device: torch.device, length_normalized: bool = False,
-                  autocast: bool = False, batch_examples: int = 8) -> dict[str, float]:
+                  compute_dtype: torch.dtype | None = None, batch_examples: int = 8) -> dict[str, float]:
     """Mean task metrics over all examples; ranks score disjoint shards and sum (any world size)."""
     rank, world = dist_utils.rank_and_world()
-    # The bare module, not the DDP wrapper: a DDP forward syncs buffers across ranks, and ranks
-    # may score different numbers of examples.
-    net = model.module if hasattr(model, "module") else model
-    was_training = net.training
-    net.eval()
     totals = torch.zeros(len(TASK_METRICS) + 1, dtype=torch.float64, device=device)
     mine = list(range(rank, len(task.answers), world))
-    for start in range(0, len(mine), batch_examples):
-        chunk = mine[start:start + batch_examples]
-        batch = batch_log_likelihoods(net, [(task.prompts[i], task.choices[i]) for i in chunk], device, autocast)
-        for i, scores in zip(chunk, batch):
-            if length_normalized:
-                scores = [s / len(c) for s, c in zip(scores, task.choices[i])]
-            m = example_metrics(scores, task.answers[i])
-            totals += torch.tensor([m[k] for k in TASK_METRICS] + [1.0], dtype=torch.float64, device=device)
+    with evaluating(model) as net:
+        for round_ in range(forward_rounds(len(mine), batch_examples, is_sharded(net))):
+            chunk = mine[round_ * batch_examples:(round_ + 1) * batch_examples]
+            # A rank out of examples still joins a collective (FSDP) forward, on example 0, discarded.
+            batch = batch_log_likelihoods(net, [(task.prompts[i], task.choices[i]) for i in chunk or [0]],
+                                          device, compute_dtype)
+            for i, scores in zip(chunk, batch):
+                if length_normalized:
+                    scores = [s / len(c) for s, c in zip(scores, task.choices[i])]
+                m = example_metrics(scores, task.answers[i])
+                totals += torch.tensor([m[k] for k in TASK_METRICS] + [1.0], dtype=torch.float64, device=device)
     dist_utils.all_reduce_sum(totals)
-    if was_training:
-        net.train()
     n = float(totals[-1])
     return {k: float(totals[j]) / n if n else math.nan for j, k in enumerate(TASK_METRICS)}

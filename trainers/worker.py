@@ -1,7 +1,9 @@
 """Where a run's attempt starts, on either of the two ways a trial runs, and what it leaves on disk.
 
 - Multi-worker runs (sweep trials and `rewarm train`): `train_worker`, the Ray Train worker function
-  (DDP over a worker group); Ray Train persists checkpoints and restores them on a retry.
+  (DDP or FSDP over a worker group). Checkpoints are written straight into the run dir, which
+  is Ray Train's own run directory on shared storage, and reported without an upload; Ray
+  Train keeps the newest and hands the latest back on a retry.
 - Single-worker runs: `train_in_process`, the same attempt in the calling process (a sweep's
   Tune trial, or `rewarm train`'s Ray task), with checkpoints written straight into the run dir.
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from trainers import ray_compat
-from trainers.checkpoint import CheckpointError, newest_good_checkpoint, scratch_checkpoint_dir
+from trainers.checkpoint import CheckpointError, newest_good_checkpoint
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, PLACEMENT_DIR, REPORTS_FILE, CurveLog, list_checkpoints
@@ -71,19 +73,22 @@ class RunReporter:
 
 
 class RayTrainReporter(RunReporter):
-    """Ray Train workers: metrics from every rank, the checkpoint from rank 0 (Ray persists it
-    under the run's storage path and hands it back on a retry or restore)."""
+    """Ray Train workers: metrics from every rank, the checkpoint from rank 0.
+
+    The run dir is Ray Train's run directory (storage_path/<run name>), so the checkpoint is
+    already where Ray keeps checkpoints: reported with `NO_UPLOAD`, nothing is copied (a
+    7B model's ~100 GB of weights and optimizer states written once, by the ranks that hold
+    them). Ray keeps the newest `num_to_keep` and hands the latest back on a retry or restore.
+    """
 
     def checkpoint_target(self, step: int) -> Path:
-        return scratch_checkpoint_dir()
+        return self.run_dir / ray_compat.checkpoint_dir_name()
 
     def _send(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if checkpoint_dir is not None:  # uploaded synchronously; the local copy is spent
-            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
 
 
 class InProcessReporter(RunReporter):
@@ -151,17 +156,16 @@ def pick_checkpoint(latest: Path | None, run_dir: Path | None, log=print) -> Pat
     return found
 
 
-def run_attempt(cfg: TrialConfig, reporter: RunReporter, device: torch.device, latest: Path | None,
-                prepare_model=lambda model: model) -> None:
+def run_attempt(cfg: TrialConfig, reporter: RunReporter, device: torch.device, latest: Path | None) -> None:
     """One attempt of a run on one rank: load the model, resume from the newest good
     checkpoint if there is one, run the loop. Shared by both ways a trial runs."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     record_placement(cfg.run_dir, f"rank{reporter.rank}")
-    model = prepare_model(load_model(cfg, device))
+    model = load_model(cfg, device)
     reporter.timings["model_loaded"] = time.time()
-    resume_from = pick_checkpoint(latest, cfg.run_dir)
-    trainer = Trainer(cfg, model, device, reporter, resume_from=resume_from)
+    resume_from = pick_checkpoint(latest, cfg.run_dir)  # verified here, once, the ranks sharing the hashing
+    trainer = Trainer(cfg, model, device, reporter, resume_from=resume_from, resume_verified=True)
     reporter.truncate_after(trainer.state.step)
     reporter.timings["resumed_from_step"] = float(trainer.state.step)
     trainer.run()
@@ -177,8 +181,7 @@ def train_worker(config: dict) -> None:
     reporter = RayTrainReporter(ray.train.get_context().get_world_rank(), cfg.run_dir, timings)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
-        run_attempt(cfg, reporter, ray.train.torch.get_device(), Path(ckpt_dir) if ckpt_dir else None,
-                    prepare_model=ray.train.torch.prepare_model)
+        run_attempt(cfg, reporter, ray.train.torch.get_device(), Path(ckpt_dir) if ckpt_dir else None)
 
 
 def train_in_process(cfg: TrialConfig, use_gpu: bool, send=None) -> None:

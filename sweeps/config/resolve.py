@@ -124,23 +124,20 @@ def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain
     if path.exists():
         return BaseReference.model_validate_json(path.read_text())
     import torch
-    from transformers import AutoModelForCausalLM
 
     from trainers.data import load_blocks
     from trainers.evaluation import validation_loss
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
-    autocast = device.type == "cuda"
+    from trainers.parallel import load_pretrained, precision_plan
     from trainers.tasks import evaluate_task
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    plan = precision_plan("auto", device.type)
+    model = load_pretrained(model_path, dtype).to(device=device, dtype=plan.master)
+    dt = plan.compute
     ref = BaseReference(
-        L_up=validation_loss(model, load_blocks(upstream.val), eval_batch_size, device, autocast),
-        L_down=validation_loss(model, load_blocks(downstream.val), eval_batch_size, device, autocast),
-        tasks={t.name: {**evaluate_task(model, t, device, length_normalized.get(t.name, False), autocast),
+        L_up=validation_loss(model, load_blocks(upstream.val), eval_batch_size, device, dt),
+        L_down=validation_loss(model, load_blocks(downstream.val), eval_batch_size, device, dt),
+        tasks={t.name: {**evaluate_task(model, t, device, length_normalized.get(t.name, False), dt),
                         "chance_accuracy": t.chance_accuracy} for t in tasks},
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +152,7 @@ def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = No
     schedule = ScheduleConfig(kind=knobs[Knob.SCHEDULE], max_lr=float(knobs[Knob.MAX_LR]),
                               warmup_frac=float(knobs[Knob.WARMUP_FRAC]), **t.shape())
     return TrialConfig(
-        model_path=resolved.model_path, dtype=spec.model.dtype,
+        model_path=resolved.model_path, dtype=spec.model.dtype, parallel=spec.resources.parallel(),
         upstream=resolved.upstream, downstream=resolved.downstream,
         schedule=schedule, replay_ratio=float(knobs[Knob.REPLAY_RATIO]), optimizer=t.optimizer,
         loop=LoopConfig(

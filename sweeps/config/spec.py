@@ -31,6 +31,7 @@ from sweeps.tracking.study import study_storage_url
 from trainers.config import OptimizerConfig
 from trainers.data import DataSource
 from trainers.objective import ObjectiveConfig
+from trainers.parallel import ParallelConfig
 from trainers.schedules import ScheduleShape
 from trainers.toyworld import TOY, TOY_DATA_PREFIX, ToyWorldConfig
 
@@ -58,7 +59,7 @@ class ModelSpec(_Spec):
 
     name_or_path: str = Field(TOY, description="'toy' (the embedded toy-world model), a hub name or a local directory.")
     tokenizer: str | None = Field(None, description="Tokenizer name or path; defaults to the model's.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weight dtype (bf16 autocast runs on GPU regardless).")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Storage dtype of the weights as loaded; training keeps fp32 master weights (resources.precision says how it computes).")
     pretrain_max_lr: float | None = Field(None, gt=0, description="The model's own pre-training max LR; scales paper presets. Known for Pythia and the toy model.")
 
 
@@ -155,13 +156,26 @@ class SchedulerSpec(StopRuleSettings):
     recovery_frac: float = Field(0.1, ge=0, le=1, description="Recovery window after warmup, as a share of the trial's tokens.")
 
 
-class ResourcesSpec(_Spec):
-    """What each trial gets."""
+class ResourcesSpec(ParallelConfig):
+    """What each trial gets, and how its workers hold the model (strategy, precision: the
+    fields of trainers/parallel.py's ParallelConfig, declared there)."""
 
-    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP ranks) per trial.")
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP or FSDP ranks) per trial.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0 = CPU training).")
     max_failures: int = Field(1, ge=0, description="Train worker-group restarts from the latest checkpoint before a trial fails.")
+
+    @model_validator(mode="after")
+    def _fsdp_has_workers(self):
+        if self.strategy == "fsdp" and self.workers_per_trial < 2:
+            raise ValueError("strategy 'fsdp' shards the model over workers_per_trial >= 2 workers; "
+                             "with one worker use strategy 'ddp' (it holds the whole model either way)")
+        return self
+
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(**{name: getattr(self, name) for name in ParallelConfig.model_fields})
 
 
 class TrackingSpec(_Spec):

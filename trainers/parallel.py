@@ -1,0 +1,154 @@
+"""How a trial's model is laid out on its workers: DDP or FSDP2, and in which precision.
+
+- **ddp**: every rank holds the whole model and optimizer; gradients are all-reduced. Right
+  for models whose fp32 weights plus AdamW states (~16 bytes per parameter) fit one device.
+- **fsdp**: `torch.distributed.fsdp.fully_shard` (FSDP2) on every transformer block and the
+  root: each rank holds 1/world of the weights, gradients and optimizer states. Ranks build
+  the model on the meta device; rank 0 alone reads the checkpoint (into CPU memory, in its
+  storage dtype) and each parameter is broadcast and sharded in turn, so the other ranks
+  never hold more than their shards plus one parameter in flight (FSDP2's
+  `broadcast_from_rank0`, as torchtitan and Accelerate's `cpu_ram_efficient_loading` do).
+
+Precision is one word (`precision_plan` is the pure table of what it means): master weights
+and optimizer states stay fp32 unless `bf16-pure` is asked for by name, because bf16 weights
+drop updates smaller than 2^-8 of a weight (the end of a cosine decay). `model.dtype` is only
+the storage dtype of what is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers import distributed as dist_utils
+
+Strategy = Literal["ddp", "fsdp"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "bf16-pure"]
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ParallelConfig(BaseModel):
+    """How a trial's workers hold and compute its model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Strategy = Field("ddp", description="ddp: every worker holds the whole model; fsdp: weights, gradients and optimizer states sharded over the workers (FSDP2).")
+    precision: Precision = Field("auto", description="auto: bf16-mixed on GPU, fp32 on CPU; fp32; bf16-mixed: bf16 compute, fp32 master weights and gradient reduction; bf16-pure: bf16 weights and optimizer states (drops small updates; only by name).")
+    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward (less memory, ~30% more compute).")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    master: torch.dtype  # weights the optimizer updates, and its states
+    compute: torch.dtype | None  # bf16 for forward/backward; None: compute in the master dtype
+    reduce: torch.dtype  # gradient reduction between ranks
+
+
+def precision_plan(precision: Precision, device_type: str) -> PrecisionPlan:
+    """The dtypes a precision name means on a device (pure; tested against a literal table).
+    `auto` keeps CPU runs in fp32: CPU bf16 autocast is slower than fp32 on most CPUs."""
+    if precision == "auto":
+        precision = "bf16-mixed" if device_type == "cuda" else "fp32"
+    if precision == "fp32":
+        return PrecisionPlan(torch.float32, None, torch.float32)
+    if precision == "bf16-mixed":
+        return PrecisionPlan(torch.float32, torch.bfloat16, torch.float32)
+    return PrecisionPlan(torch.bfloat16, None, torch.bfloat16)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def bare(model: torch.nn.Module) -> torch.nn.Module:
+    """The model without its DDP wrapper (FSDP2 does not wrap)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks, by the class names transformers marks as not to be split
+    (`_no_split_modules`): the natural FSDP units of any Hugging Face causal LM."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__}: no transformer blocks found to shard (its _no_split_modules "
+                         f"is {sorted(names)}); use resources.strategy: ddp")
+    return blocks
+
+
+def load_pretrained(model_path: str, storage_dtype: str) -> torch.nn.Module:
+    """The model as stored, through transformers' own loading (key renames, tied weights)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per worker per trial drowns the sweep's own output
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=STORAGE_DTYPES[storage_dtype])
+
+
+def build_model(model_path: str, storage_dtype: str, parallel: ParallelConfig,
+                device: torch.device) -> torch.nn.Module:
+    """The model ready to train on this rank: loaded, in its master dtype, on `device`, and
+    wrapped for the strategy when there are several ranks."""
+    plan = precision_plan(parallel.precision, device.type)
+    if parallel.strategy == "fsdp":
+        return _fsdp_model(model_path, storage_dtype, parallel, plan, device)
+    model = load_pretrained(model_path, storage_dtype).to(dtype=plan.master)
+    if parallel.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = model.to(device)
+    if dist_utils.active() and dist_utils.rank_and_world()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, plan: PrecisionPlan,
+                device: torch.device) -> torch.nn.Module:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    rank, world = dist_utils.rank_and_world()
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=plan.master)
+    if parallel.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    mesh = init_device_mesh(device.type, (world,))
+    policy = MixedPrecisionPolicy(param_dtype=plan.compute or plan.master, reduce_dtype=plan.reduce)
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.to_empty(device=device)
+    full, buffers = {}, {}
+    if rank == 0:
+        loaded = load_pretrained(model_path, storage_dtype)
+        full = {k: v.to(plan.master) for k, v in loaded.state_dict().items()}
+        buffers = dict(_non_persistent_buffers(loaded))
+        del loaded
+    # Parameters and persistent buffers: broadcast one at a time, each rank keeping its shard.
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    # Non-persistent buffers (rotary frequencies) are in no state dict: rank 0 sends its own.
+    for name, buffer in _non_persistent_buffers(model):
+        if rank == 0:
+            buffer.copy_(buffers[name])  # copy_ casts to the buffer's own dtype
+        if world > 1:
+            torch.distributed.broadcast(buffer, src=0)
+    return model
+
+
+def _non_persistent_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    out = []
+    for module_name, module in model.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if name in module._non_persistent_buffers_set:
+                out.append((f"{module_name}.{name}" if module_name else name, buffer))
+    return out
