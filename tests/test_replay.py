@@ -62,3 +62,16 @@ def test_seed_changes_order_but_not_composition():
 def test_invalid_ratio_is_rejected():
     with pytest.raises(ValueError, match="replay_ratio"):
         ReplayMixer(DOWN, UP, 4, 1.5, seed=0)
+
+
+def test_each_rank_reads_only_its_rows_of_the_same_batch():
+    """Ranks draw the same global batch; rank r's rows equal rows r of the whole batch."""
+    down, up = np.arange(40 * 3).reshape(40, 3), -np.arange(1, 31 * 3 + 1).reshape(31, 3)
+    whole = ReplayMixer(down, up, batch_size=8, ratio=0.3, seed=5)
+    ranks = [ReplayMixer(down, up, batch_size=8, ratio=0.3, seed=5) for _ in range(2)]
+    for _ in range(12):
+        tokens, is_up = whole.next_batch()
+        parts = [m.next_batch(rows=slice(4 * r, 4 * r + 4)) for r, m in enumerate(ranks)]
+        assert np.array_equal(np.concatenate([p[0] for p in parts]), tokens)
+        assert all(np.array_equal(p[1], is_up) for p in parts)
+    assert ranks[0].state == ranks[1].state == whole.state

@@ -1,10 +1,16 @@
-"""Text data: load with HF `datasets`, tokenise, pack into fixed-length sequences.
+"""Text data: load with HF `datasets`, tokenise, pack into fixed-length sequences, in bounded memory.
 
-A domain's data is prepared once per (source, tokenizer, sequence length) by the
-driver and cached as two `.npy` token-block arrays (train and held-out validation),
-so every trial and every worker memory-maps the same blocks instead of re-tokenising.
-Validation blocks come from documents that never reach training: the split is made on
-documents before packing.
+A domain's data is prepared once per (source and its files' sizes and times, tokenizer,
+sequence length) and cached as two `.npy` token-block arrays (train and held-out
+validation), so every trial and every worker memory-maps the same blocks instead of
+re-tokenising. Validation blocks come from documents that never reach training: the split
+is made on documents before packing.
+
+The corpus never sits whole in one process: `datasets` keeps it as memory-mapped Arrow
+files, tokenisation runs in `Dataset.map` over `num_proc` processes into an Arrow cache (2
+bytes a token), and packing streams that cache batch by batch into a memory-mapped `.npy`.
+The driver's peak memory is set by the batch size, not by the corpus
+(`benchmarks/scale_bench.py` measures it at two corpus sizes).
 """
 
 from __future__ import annotations
@@ -50,25 +56,19 @@ class PreparedDomain(BaseModel):
     val_sequences: int
 
 
-def load_texts(source: DataSource) -> list[str]:
-    """Read the text column of a source through `datasets.load_dataset`."""
+def load_source(source: DataSource, cache_dir: Path | None = None):
+    """The source's documents as a map-style `datasets.Dataset` (memory-mapped Arrow) with one
+    column, `text`, of non-empty strings; every problem is a one-line `DataError`."""
     import datasets
 
     datasets.disable_progress_bars()
+    hf_cache = str(cache_dir / "datasets") if cache_dir else None
     local = Path(source.path).expanduser()
     if local.exists():
-        files = sorted(p for p in local.rglob("*") if p.suffix in _LOCAL_BUILDERS) if local.is_dir() else [local]
-        if not files:
-            raise DataError(f"data source {source.path!r}: no .json/.jsonl/.parquet/.txt files in the directory")
-        suffixes = {f.suffix for f in files}
-        if len(suffixes) != 1 or files[0].suffix not in _LOCAL_BUILDERS:
-            raise DataError(f"data source {source.path!r}: expected files of one type among "
-                            f"{sorted(_LOCAL_BUILDERS)}, found {sorted(suffixes)}")
-        if all(f.stat().st_size == 0 for f in files):
-            raise DataError(f"data source {source.path!r}: empty (no documents)")
+        files = _local_files(source, local)
         builder = _LOCAL_BUILDERS[files[0].suffix]
         try:
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", cache_dir=hf_cache)
         except Exception as exc:  # malformed JSON/parquet surfaces as many exception types
             raise DataError(f"data source {source.path!r}: cannot read as {builder} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -78,34 +78,66 @@ def load_texts(source: DataSource) -> list[str]:
         if source.streaming and source.max_documents is None:
             raise DataError(f"data source {source.path!r}: streaming needs max_documents")
         try:
-            ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=source.streaming)
+            ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=source.streaming,
+                                       cache_dir=hf_cache)
         except Exception as exc:  # hub errors come in many classes; the cause is what matters
             raise DataError(f"data source {source.path!r}: cannot load from the hub ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     columns = ds.column_names or []
     if source.text_field not in columns:
         raise DataError(f"data source {source.path!r}: no text field {source.text_field!r} (columns: {columns})")
+    field = source.text_field
     if source.streaming:
-        texts = [row[source.text_field] for _, row in zip(range(source.max_documents), ds)]
-    else:
-        if source.max_documents is not None:
-            ds = ds.select(range(min(source.max_documents, len(ds))))
-        texts = ds[source.text_field]
-    texts = [t for t in texts if t]
-    if not texts:
+        # Only the first max_documents rows are downloaded, written to Arrow as they arrive.
+        stream = ds.select_columns([field]).take(source.max_documents)
+        ds = datasets.Dataset.from_generator(lambda: ({"text": row[field]} for row in stream), cache_dir=hf_cache)
+        field = "text"
+    elif source.max_documents is not None:
+        ds = ds.select(range(min(source.max_documents, len(ds))))
+    ds = ds.select_columns([field])
+    if field != "text":
+        ds = ds.rename_column(field, "text")
+    ds = ds.filter(lambda batch: [bool(t) for t in batch["text"]], batched=True)
+    if len(ds) == 0:
         raise DataError(f"data source {source.path!r}: no non-empty text in field {source.text_field!r}")
-    return texts
+    return ds
+
+
+def _local_files(source: DataSource, local: Path) -> list[Path]:
+    files = sorted(p for p in local.rglob("*") if p.suffix in _LOCAL_BUILDERS) if local.is_dir() else [local]
+    if not files:
+        raise DataError(f"data source {source.path!r}: no .json/.jsonl/.parquet/.txt files in the directory")
+    suffixes = {f.suffix for f in files}
+    if len(suffixes) != 1 or files[0].suffix not in _LOCAL_BUILDERS:
+        raise DataError(f"data source {source.path!r}: expected files of one type among "
+                        f"{sorted(_LOCAL_BUILDERS)}, found {sorted(suffixes)}")
+    if all(f.stat().st_size == 0 for f in files):
+        raise DataError(f"data source {source.path!r}: empty (no documents)")
+    return files
+
+
+def load_texts(source: DataSource) -> list[str]:
+    """The source's non-empty texts as a list: for small sources (tests, the toy world) only."""
+    return load_source(source)["text"]
 
 
 def tokenize_texts(tokenizer, texts: list[str]) -> np.ndarray:
-    """Tokenise documents and join them into one stream, each followed by EOS."""
+    """Tokenise documents and join them into one stream, each followed by EOS (small inputs)."""
+    ids = _tokenize_batch({"text": texts}, tokenizer)["input_ids"]
+    return np.fromiter((t for doc in ids for t in doc), dtype=token_dtype(tokenizer))
+
+
+def token_dtype(tokenizer) -> np.dtype:
+    return np.dtype(np.uint16 if len(tokenizer) < 2**16 else np.uint32)
+
+
+def _tokenize_batch(batch: dict, tokenizer) -> dict:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer has no eos_token_id; documents could not be separated when packing")
     # verbose=False: documents longer than the model's context are expected, packing cuts them.
-    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    dtype = np.uint16 if len(tokenizer) < 2**16 else np.uint32
-    return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=dtype)
+    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    return {"input_ids": [doc + [eos] for doc in ids], "n": [len(doc) + 1 for doc in ids]}
 
 
 def pack_token_stream(stream: np.ndarray, seq_len: int) -> np.ndarray:
@@ -114,49 +146,95 @@ def pack_token_stream(stream: np.ndarray, seq_len: int) -> np.ndarray:
     return stream[: n * seq_len].reshape(n, seq_len)
 
 
+def pack_to_file(tokenized, seq_len: int, path: Path, dtype: np.dtype, batch_size: int = 10_000,
+                 max_blocks: int | None = None) -> int:
+    """Pack the documents of a tokenized `Dataset` (in order, each ending in EOS) into
+    [N, seq_len] blocks in a memory-mapped `.npy` at `path`, one Arrow batch at a time; the
+    ragged tail is dropped. Returns N."""
+    import pyarrow.compute as pc
+
+    total = sum(int(pc.sum(t.column("n")).as_py() or 0)
+                for t in tokenized.select_columns(["n"]).with_format("arrow").iter(batch_size=batch_size))
+    n_blocks = total // seq_len if max_blocks is None else min(total // seq_len, max_blocks)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_blocks, seq_len))
+    flat, pos, room = out.reshape(-1), 0, n_blocks * seq_len
+    for table in tokenized.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=batch_size):
+        if pos >= room:
+            break
+        tokens = table.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        take = min(len(tokens), room - pos)
+        flat[pos:pos + take] = tokens[:take]
+        pos += take
+    out.flush()
+    del out, flat
+    return n_blocks
+
+
 def prepare_domain(
     source: DataSource, tokenizer_path: str | Path, seq_len: int, val_fraction: float,
-    min_val_sequences: int, cache_dir: Path,
+    min_val_sequences: int, cache_dir: Path, num_proc: int | None = None,
 ) -> PreparedDomain:
     """Tokenise and pack one domain into cached train/val block files (reused when present)."""
+    import shutil
+
+    from datasets import Features, Sequence, Value
     from transformers import AutoTokenizer
 
     key = hashlib.sha256(json.dumps({
-        "source": source.model_dump(), "tokenizer": _fingerprint_path(Path(tokenizer_path)),
-        "seq_len": seq_len, "val_fraction": val_fraction, "min_val": min_val_sequences, "v": 1,
+        "source": source.model_dump(), "files": source_fingerprint(source),
+        "tokenizer": _fingerprint_path(Path(tokenizer_path)),
+        "seq_len": seq_len, "val_fraction": val_fraction, "min_val": min_val_sequences, "v": 2,
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out = cache_dir / "prepared" / key
     meta_path = out / "meta.json"
     if meta_path.exists():
         return PreparedDomain(**json.loads(meta_path.read_text()))
 
-    texts = load_texts(source)
+    ds = load_source(source, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    dtype = token_dtype(tokenizer)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # One process per core for big corpora; below ~20k documents the processes cost more than they save.
+    num_proc = num_proc if num_proc is not None else (min(os.cpu_count() or 1, 8) if len(ds) > 20_000 else None)
+    tokenized = ds.map(_tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"],
+                       fn_kwargs={"tokenizer": tokenizer}, cache_file_name=str(tmp / "tokens.arrow"),
+                       features=Features({"input_ids": Sequence(Value(dtype.name)), "n": Value("int64")}),
+                       new_fingerprint=key)
     # Hold out whole documents from the end: the toy corpora and most hub sets are
     # already shuffled, and a document split keeps validation text unseen in training.
-    n_val_docs = max(1, int(len(texts) * val_fraction))
-    val_blocks = pack_token_stream(tokenize_texts(tokenizer, texts[-n_val_docs:]), seq_len)
-    train_blocks = pack_token_stream(tokenize_texts(tokenizer, texts[:-n_val_docs]), seq_len)
-    if len(val_blocks) < min_val_sequences:
-        raise DataError(f"data source {source.path!r}: only {len(val_blocks)} validation sequences of "
+    n_val_docs = max(1, int(len(tokenized) * val_fraction))
+    n_val = pack_to_file(tokenized.select(range(len(tokenized) - n_val_docs, len(tokenized))), seq_len,
+                         tmp / "val.npy", dtype, max_blocks=min_val_sequences)
+    if n_val < min_val_sequences:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"data source {source.path!r}: only {n_val} validation sequences of "
                         f"{seq_len} tokens (need {min_val_sequences}); add data or lower data.val_sequences")
-    if len(train_blocks) == 0:
+    n_train = pack_to_file(tokenized.select(range(len(tokenized) - n_val_docs)), seq_len, tmp / "train.npy", dtype)
+    if n_train == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"data source {source.path!r}: too little text for one training sequence of {seq_len} tokens")
-    val_blocks = val_blocks[:min_val_sequences]
-
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    np.save(tmp / "train.npy", train_blocks)
-    np.save(tmp / "val.npy", val_blocks)
-    meta = PreparedDomain(train=out / "train.npy", val=out / "val.npy",
-                          train_sequences=len(train_blocks), val_sequences=len(val_blocks))
+    del tokenized
+    for arrow in tmp.glob("*.arrow"):  # the blocks are the product; the token cache is spent
+        arrow.unlink()
+    meta = PreparedDomain(train=out / "train.npy", val=out / "val.npy", train_sequences=n_train, val_sequences=n_val)
     (tmp / "meta.json").write_text(meta.model_dump_json())
     try:
         os.replace(tmp, out)
     except OSError:  # another process finished first: theirs is identical
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+def source_fingerprint(source: DataSource) -> list:
+    """What identifies a local source's content cheaply: each file's path, size and
+    modification time (an edited file gets a new cache entry). Hub sources: their name."""
+    local = Path(source.path).expanduser()
+    if not local.exists():
+        return []
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def load_blocks(path: Path) -> np.ndarray:

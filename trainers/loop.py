@@ -126,8 +126,8 @@ class Trainer:
         lr = lr_at(s.step, cfg.schedule, loop.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        tokens, is_up = self.mixer.next_batch()
-        mine = torch.from_numpy(tokens[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]).to(self.device)
+        tokens, is_up = self.mixer.next_batch(rows=slice(self.rank * self.per_rank, (self.rank + 1) * self.per_rank))
+        mine = torch.from_numpy(tokens).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         for micro_idx, micro in enumerate(mine.split(loop.micro_batch_size)):
             # DDP all-reduces gradients only on the last micro-batch of the step. FSDP

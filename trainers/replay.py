@@ -65,8 +65,10 @@ class ReplayMixer:
     def upstream_count(self, step: int) -> int:
         return upstream_total(step + 1, self.batch_size, self.ratio) - upstream_total(step, self.batch_size, self.ratio)
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """Return (tokens [B, L], is_upstream [B]) for the next step and advance the state."""
+    def next_batch(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Return (tokens of the batch's `rows` [r, L], is_upstream [B] of the whole batch) for the
+        next step and advance the state. Every rank draws the same batch but reads only its own
+        rows from the memory-mapped blocks."""
         s = self.state
         n_up = self.upstream_count(s.steps)
         n_down = self.batch_size - n_up
@@ -77,9 +79,12 @@ class ReplayMixer:
         is_up = np.zeros(self.batch_size, dtype=bool)
         if n_up:
             is_up[np.linspace(0, self.batch_size - 1, n_up).round().astype(int)] = True
-        tokens = np.empty((self.batch_size, self.downstream.shape[1]), dtype=np.int64)
-        tokens[is_up] = self.upstream[up_idx]
-        tokens[~is_up] = self.downstream[down_idx]
+        source = np.empty(self.batch_size, dtype=np.int64)  # block index in its own domain
+        source[is_up], source[~is_up] = up_idx, down_idx
+        mine = np.arange(self.batch_size)[rows]
+        tokens = np.empty((len(mine), self.downstream.shape[1]), dtype=np.int64)
+        for out_row, row in enumerate(mine):
+            tokens[out_row] = (self.upstream if is_up[row] else self.downstream)[source[row]]
         s.steps += 1
         s.upstream_consumed += n_up
         s.downstream_consumed += n_down
