@@ -113,8 +113,8 @@ def fixed_cost() -> dict:
         "total_to_first_step_s": t["first_step"] - launch,
         "breakdown_s": {
             "cli_start_and_imports": t["start"] - launch,
-            "resolve_spec_data_base_reference": t["resolved"] - t["start"],
-            "ray_start": t["ray_ready"] - t["resolved"],
+            "ray_start": t["ray_ready"] - t["start"],
+            "resolve_spec_data_base_reference": t["resolved"] - t["ray_ready"],
             "trainer_setup_to_worker_start": t["worker_start"] - t["fit_start"],
             "model_load_and_prepare": t["model_loaded"] - t["worker_start"],
             "first_step": t["first_step"] - t["model_loaded"],

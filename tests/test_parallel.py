@@ -129,3 +129,60 @@ def test_resume_is_exact_with_dropout_on(toy_world, resolved_small, tmp_path, mo
     monkeypatch.setattr("trainers.checkpoint.restore_rng", lambda state: torch.manual_seed(1234))
     unrestored = run_in_process(base, tmp_path / "third", resume_from=first.checkpoints[-1])
     assert _steps(unrestored) != _steps(resumed)
+
+
+def test_base_reference_key_changes_with_device_dtype_precision_and_revision(resolved_small, toy_world, tmp_path):
+    import dataclasses
+
+    from sweeps.config.resolve import base_reference_key
+    from tests.conftest import small_spec
+
+    def key(**sections):
+        return base_reference_key(dataclasses.replace(resolved_small, spec=small_spec(**sections)))
+
+    base = key()
+    assert key() == base
+    assert key(resources={"gpus_per_worker": 1}) != base
+    assert key(resources={"precision": "bf16-mixed"}) != base
+    assert key(model={"dtype": "bfloat16"}) != base
+    model = tmp_path / "model"
+    shutil.copytree(toy_world.model, model)
+    moved = dataclasses.replace(resolved_small, model_path=str(model))
+    first = base_reference_key(moved)
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes() + b"\0")
+    assert base_reference_key(moved) != first  # new weights, new revision
+
+
+def test_evaluation_in_chunks_equals_the_full_logits(toy_world, resolved_small, monkeypatch):
+    import numpy as np
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from trainers.data import load_blocks
+    from trainers.evaluation import validation_loss
+    from trainers.tasks import batch_log_likelihoods, tokenize_task
+    from trainers.toy_tasks import toy_task_examples
+    from trainers.toyworld import ToyWorldConfig
+
+    model = AutoModelForCausalLM.from_pretrained(toy_world.model).eval()
+    blocks = np.asarray(load_blocks(resolved_small.downstream.val)[:6])
+    ids = torch.as_tensor(blocks.astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    full = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)).item()
+    vocab = logits.size(-1)
+    monkeypatch.setattr("trainers.evaluation.LOGIT_CHUNK_ELEMENTS", vocab * 7)  # 7 positions per chunk
+    assert validation_loss(model, blocks, 4, torch.device("cpu")) == pytest.approx(full, abs=1e-5)
+
+    from transformers import AutoTokenizer
+
+    task = tokenize_task("nw", toy_task_examples(ToyWorldConfig(), "next_word", 4), AutoTokenizer.from_pretrained(toy_world.tokenizer))
+    items = list(zip(task.prompts, task.choices))
+    chunked = batch_log_likelihoods(model, items, torch.device("cpu"))
+    for (prompt, choices), row in zip(items, chunked):
+        for choice, value in zip(choices, row):
+            seq = torch.as_tensor([prompt + choice])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+            expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(choice))
+            assert value == pytest.approx(expected, abs=1e-4)

@@ -96,7 +96,7 @@ class Trainer:
             # Nobody measured the base model for us: at step 0 the model *is* the base.
             if self.state.step != 0:
                 raise ValueError("resuming needs base_reference in the config")
-            self.base = BaseReference(**self._evaluate(), tasks=self._evaluate_tasks(with_chance=True))
+            self.base = self.measure_base()
         end = loop.total_steps if loop.stop_after_step is None else min(loop.total_steps, loop.stop_after_step)
         status, metrics = RunStatus.RUNNING, {}
         self.model.train()
@@ -117,6 +117,11 @@ class Trainer:
                 if status != RunStatus.RUNNING:
                     break
         return metrics
+
+    def measure_base(self) -> BaseReference:
+        """L_up, L_down and task metrics of the model as it is (the base, before any step), with
+        this run's device, precision and strategy: what gain and forgetting are measured against."""
+        return BaseReference(**self._evaluate(), tasks=self._evaluate_tasks(with_chance=True))
 
     # ------------------------------------------------------------------ steps
 

@@ -28,6 +28,7 @@ from trainers import ray_compat
 from trainers.checkpoint import CheckpointError, newest_good_checkpoint
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
+from trainers.objective import BaseReference
 from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, PLACEMENT_DIR, REPORTS_FILE, CurveLog, list_checkpoints
 
 KEEP_CHECKPOINTS = 2  # per run: the latest to resume from, and the one before in case it is corrupt
@@ -182,6 +183,34 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
         run_attempt(cfg, reporter, ray.train.torch.get_device(), Path(ckpt_dir) if ckpt_dir else None)
+
+
+def measure_base(cfg: TrialConfig, device: torch.device) -> BaseReference:
+    """The base reference measured on this rank's hardware, with the run's precision and strategy
+    (every rank of a worker group calls it; evaluation is sharded over them)."""
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    return Trainer(cfg, load_model(cfg, device), device, reporter=None).measure_base()
+
+
+def base_reference_worker(config: dict) -> None:
+    """`train_loop_per_worker` that measures the base reference on a worker group shaped like the
+    trials' (config = {"trial": TrialConfig as JSON, "out": path}); rank 0 writes it to `out`."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrialConfig.model_validate(config["trial"])
+    reference = measure_base(cfg, ray.train.torch.get_device())
+    if ray.train.get_context().get_world_rank() == 0:
+        write_atomically(Path(config["out"]), reference.model_dump_json())
+    ray.train.report({"measured": 1})
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def train_in_process(cfg: TrialConfig, use_gpu: bool, send=None) -> None:

@@ -6,6 +6,7 @@ memory-maps the same prepared blocks and shares one base reference.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ class ResolvedSweep:
     tokenizer_path: str
     upstream: PreparedDomain
     downstream: PreparedDomain
-    base_reference: BaseReference
+    base_reference: BaseReference | None  # None only while it is being measured
     tasks: tuple = ()  # TokenizedTask per spec task, in spec order
 
 
-def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> ResolvedSweep:
+def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print, measure_base=None) -> ResolvedSweep:
+    """`measure_base(unmeasured, path) -> BaseReference` measures the base model where trials run
+    and writes it to `path` (the cache); by default it is measured in this process."""
     cache_dir = cache_dir or default_cache_dir()
     toy = None
     if spec.uses_toy_model or any(s.path.startswith(TOY_DATA_PREFIX) for s in (spec.data.upstream, spec.data.downstream)):
@@ -62,11 +65,17 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print) -> Resolv
         except DataError as exc:
             raise ResolveError(f"data.{field}: {exc}") from None
     tasks = build_tasks(spec, tokenizer_path, model_path)
-    base = measure_base_reference(model_path, spec.model.dtype, prepared["upstream"], prepared["downstream"],
-                                  spec.training.eval_batch_size, cache_dir, tasks,
-                                  {t.name: t.length_normalized for t in spec.tasks})
-    return ResolvedSweep(spec, model_path, tokenizer_path, prepared["upstream"], prepared["downstream"], base,
-                         tuple(tasks))
+    unmeasured = ResolvedSweep(spec, model_path, tokenizer_path, prepared["upstream"], prepared["downstream"], None,
+                               tuple(tasks))
+    key = base_reference_key(unmeasured)
+    path = cache_dir / "base_reference" / f"{key}.json"
+    if path.exists():
+        base = BaseReference.model_validate_json(path.read_text())
+    else:
+        # The sweep driver passes a measurer that runs on the trials' own hardware (a CPU head
+        # node must not measure a GPU model's reference in other numerics); here, this process.
+        base = (measure_base or measure_here)(unmeasured, path)
+    return dataclasses.replace(unmeasured, base_reference=base)
 
 
 def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
@@ -112,37 +121,57 @@ def _check_seq_len(model_path: str, seq_len: int) -> None:
         raise ResolveError(f"data.seq_len: {seq_len} exceeds the model's maximum sequence length ({limit})")
 
 
-def measure_base_reference(model_path: str, dtype: str, upstream: PreparedDomain, downstream: PreparedDomain,
-                           eval_batch_size: int, cache_dir: Path, tasks: list = (),
-                           length_normalized: dict | None = None) -> BaseReference:
-    """L_up, L_down and task metrics of the base model on the shared sets, cached on disk."""
-    length_normalized = length_normalized or {}
-    task_key = [[t.model_dump_json(), length_normalized.get(t.name, False)] for t in tasks]
-    key = hashlib.sha256(json.dumps([model_path, dtype, str(upstream.val), str(downstream.val), task_key])
-                         .encode()).hexdigest()[:16]
-    path = cache_dir / "base_reference" / f"{key}.json"
-    if path.exists():
-        return BaseReference.model_validate_json(path.read_text())
+def trial_device(spec: SweepSpec) -> str:
+    return "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
+
+
+def base_reference_key(resolved: ResolvedSweep) -> str:
+    """What the base reference depends on: the model's revision (its weight files' sizes and
+    times, or the hub commit), the storage dtype, how trials compute (device, precision,
+    strategy, workers), the validation blocks and the tasks."""
+    spec = resolved.spec
+    tasks = [[t.model_dump_json(), {x.name: x.length_normalized for x in spec.tasks}.get(t.name, False)]
+             for t in resolved.tasks]
+    return hashlib.sha256(json.dumps({
+        "model": resolved.model_path, "revision": model_revision(resolved.model_path), "dtype": spec.model.dtype,
+        "device": trial_device(spec), "parallel": spec.resources.parallel().model_dump(),
+        "workers": spec.resources.workers_per_trial, "eval_batch": spec.training.eval_batch_size,
+        "val": [str(resolved.upstream.val), str(resolved.downstream.val)], "tasks": tasks, "v": 2,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_revision(model_path: str) -> list | str:
+    """A local model directory's weight and config files (name, size, mtime); a hub model's
+    commit, as transformers resolved it."""
+    local = Path(model_path)
+    if local.is_dir():
+        return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir())
+                if p.suffix in (".safetensors", ".bin", ".json")]
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model_path), "_commit_hash", None) or "unknown"
+
+
+def reference_trial_config(resolved: ResolvedSweep) -> TrialConfig:
+    """A TrialConfig that measures the base model: the trials' model, data, tasks and
+    parallelism; its knobs are placeholders (evaluating the base takes no step)."""
+    knobs = {Knob.SCHEDULE: "constant", Knob.MAX_LR: 1e-4, Knob.WARMUP_FRAC: 0.0, Knob.REPLAY_RATIO: 0.0}
+    return trial_config(resolved, knobs)
+
+
+def measure_here(resolved: ResolvedSweep, path: Path) -> BaseReference:
+    """The base reference measured in this process, on its GPU if it has one (tests, tools)."""
     import torch
 
-    from trainers.data import load_blocks
-    from trainers.evaluation import validation_loss
-    from trainers.parallel import load_pretrained, precision_plan
-    from trainers.tasks import evaluate_task
+    from trainers.worker import measure_base, write_atomically
 
+    cfg = reference_trial_config(resolved)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    plan = precision_plan("auto", device.type)
-    model = load_pretrained(model_path, dtype).to(device=device, dtype=plan.master)
-    dt = plan.compute
-    ref = BaseReference(
-        L_up=validation_loss(model, load_blocks(upstream.val), eval_batch_size, device, dt),
-        L_down=validation_loss(model, load_blocks(downstream.val), eval_batch_size, device, dt),
-        tasks={t.name: {**evaluate_task(model, t, device, length_normalized.get(t.name, False), dt),
-                        "chance_accuracy": t.chance_accuracy} for t in tasks},
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(ref.model_dump_json())
-    return ref
+    if cfg.parallel.strategy == "fsdp":  # one process holds the whole model: measured as DDP would
+        cfg = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"strategy": "ddp"})})
+    reference = measure_base(cfg, device)
+    write_atomically(path, reference.model_dump_json())
+    return reference
 
 
 def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = None) -> TrialConfig:

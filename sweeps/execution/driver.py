@@ -23,6 +23,7 @@ from sweeps.config.resolve import resolve
 from sweeps.config.spec import SweepSpec
 from sweeps.execution import preflight
 from sweeps.execution.callback import SweepCallback
+from sweeps.execution.base_reference import on_trial_hardware
 from sweeps.execution.cluster import init_ray
 from sweeps.execution.schedulers import DivergenceStopper, make_scheduler
 from sweeps.execution.search import make_searcher
@@ -127,9 +128,9 @@ def prepare(spec: SweepSpec, directory: Path, address: str | None, resume: bool,
     study_storage = open_study_storage(spec.study_storage_url())  # may live in the storage path
     if not resume:
         preflight.check_new_study(spec, study_storage)
-    resolved = resolve(spec, log=log)
     cluster = init_ray(address, trial_slots=max(64, spec.budget.max_concurrent))
     preflight.check_cluster_fits(spec, cluster)
+    resolved = resolve(spec, log=log, measure_base=on_trial_hardware(spec, log))
     if not in_process(spec):
         preflight.check_trial_slots(cluster)
     directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from sweeps.config.loading import SpecError
 from sweeps.config.resolve import resolve, trial_config
 from sweeps.config.spec import SweepSpec
 from sweeps.execution import preflight
+from sweeps.execution.base_reference import on_trial_hardware
 from sweeps.execution.cluster import init_ray
 from sweeps.execution.trial import in_process, torch_trainer
 from sweeps.settings import apply_process_settings
@@ -94,7 +95,9 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     timings = {"start": time.time()}
     spec = spec.anchored()
     check_reachable(spec.tracking_uri())
-    resolved = resolve(spec, log=log)
+    preflight.check_cluster_fits(spec, init_ray(address))
+    timings["ray_ready"] = time.time()
+    resolved = resolve(spec, log=log, measure_base=on_trial_hardware(spec, log))
     timings["resolved"] = time.time()
     run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = spec.storage_dir()
@@ -104,8 +107,6 @@ def run_single(spec: SweepSpec, run_name: str | None = None, stop_after_step: in
     if stop_after_step is not None:
         cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"stop_after_step": stop_after_step})})
 
-    preflight.check_cluster_fits(spec, init_ray(address))
-    timings["ray_ready"] = time.time()
     log(f"[rewarm] run {run_name}: {knobs} | {cfg.loop.total_steps} steps of "
         f"{spec.tokens_per_step} tokens | base L_up={resolved.base_reference.L_up:.4f} "
         f"L_down={resolved.base_reference.L_down:.4f}")

@@ -64,8 +64,10 @@ def trial_resources(spec: SweepSpec) -> dict:
     return worker_resources(spec) if in_process(spec) else {TRIAL_SLOT: 1}
 
 
-def torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, callbacks=()):
-    """The TorchTrainer of one multi-worker run (a sweep's trial, or `rewarm train`)."""
+def torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, callbacks=(), worker_fn=None,
+                  **worker_config):
+    """The TorchTrainer of one multi-worker run (a sweep's trial, or `rewarm train`; with
+    `worker_fn`, another job on a worker group shaped like the trials', e.g. the base reference)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -73,8 +75,8 @@ def torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, cal
 
     res = spec.resources
     return TorchTrainer(
-        train_loop_per_worker=train_worker,
-        train_loop_config={"trial": trial},
+        train_loop_per_worker=worker_fn or train_worker,
+        train_loop_config={"trial": trial, **worker_config},
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=worker_resources(spec)),
         run_config=RunConfig(name=run_name, storage_path=storage, callbacks=list(callbacks),
