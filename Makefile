@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install services test demo bench bench-sweep clean
+.PHONY: install services test demo bench bench-sweep bench-scale bench-gpu clean
 
 install: $(STAMP)
 
@@ -57,6 +57,15 @@ bench: install
 bench-sweep: install
 	$(BIN)/python -m benchmarks.sweep_efficiency
 	$(BIN)/python -m benchmarks.search_scale_bench
+
+# Issue #14 on CPU: data preparation memory at two corpus sizes, evaluation memory, checkpoint
+# size and time of a Pythia-410M-shaped model (~6 min on 2 cores, ~12 GB of temp disk).
+bench-scale: install
+	$(BIN)/python -m benchmarks.scale_bench
+
+# Issue #14 on a GPU machine (not in CI): a Pythia-410M-shaped model, bf16, seq 2048, DDP and FSDP.
+bench-gpu: install
+	$(BIN)/python -m benchmarks.gpu_bench
 
 clean:
 	rm -rf $(VENV) rewarm_runs mlflow.db mlruns .pytest_cache

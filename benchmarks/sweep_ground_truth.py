@@ -55,6 +55,11 @@ def fingerprint(spec) -> str:
 
     dump = spec.model_dump(mode="json", exclude=_NOT_IN_GROUND_TRUTH)
     dump["training"].pop("task_eval_every_tokens", None)
+    from trainers.parallel import ParallelConfig
+
+    if spec.resources.parallel() == ParallelConfig() and "resources" in dump:
+        for key in ParallelConfig.model_fields:  # the defaults: how the ground truth was trained
+            dump["resources"].pop(key, None)
     if spec.objective.task is None:
         for key in ("task", "task_metric", "task_weight"):
             dump["objective"].pop(key, None)
