@@ -7,7 +7,8 @@ Each case runs in a fresh Python process, so its peak resident memory (`ru_maxrs
 2. **Evaluation memory**: `validation_loss` (head applied in chunks) vs the plain full-logits
    loss, on a Pythia-14M-shaped model (vocabulary 50,304) at sequence 2048, batch 4.
 3. **Checkpoints** of a Pythia-410M-shaped model (random weights) with AdamW states on CPU:
-   size, write time, one verification (sha256 of every file), load time.
+   size, write time, one verification (sha256 of every file), load time; whole-model (DDP,
+   rank 0 writes) and sharded (FSDP on 2 gloo processes, each rank writes and hashes its shard).
 """
 
 from __future__ import annotations
@@ -35,10 +36,48 @@ def _child(case: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class _AnonPeak:
+    """Peak anonymous resident memory (heap, tensors: what the process itself holds), sampled
+    every 20 ms. `ru_maxrss` also counts the pages of memory-mapped files the process touched
+    (the Arrow cache it reads, the .npy it writes): page cache the kernel drops under pressure,
+    which grows with the corpus without being held; both are reported."""
+
+    def __init__(self):
+        import threading
+
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.02)
+
+    def sample(self):
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def stop_mib(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return self.peak_kib / 1024
+
+
+_SAMPLER = None
+
+
 def _peak_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _peaks() -> dict:
+    return {"peak_anon_mib": _SAMPLER.stop_mib(), "peak_rss_mib": _peak_mib()}
 
 
 def _gpt_neox(vocab: int, **shape):
@@ -80,8 +119,7 @@ def case_prepare(corpus: str, cache: str) -> dict:
     world = ensure_toy_world(ToyWorldConfig())
     start = time.perf_counter()
     prepared = prepare_domain(DataSource(path=corpus), world.tokenizer, 256, 0.01, 64, Path(cache), num_proc=2)
-    return {"seconds": time.perf_counter() - start, "driver_peak_mib": _peak_mib(),
-            "train_tokens": prepared.train_sequences * 256}
+    return {"seconds": time.perf_counter() - start, **_peaks(), "train_tokens": prepared.train_sequences * 256}
 
 
 def case_eval(mode: str) -> dict:
@@ -93,7 +131,7 @@ def case_eval(mode: str) -> dict:
 
     model = _gpt_neox(50304, **PYTHIA_14M).eval()
     blocks = np.random.default_rng(0).integers(0, 50304, size=(4, 2048))
-    before = _peak_mib()
+    before = _SAMPLER.peak_kib / 1024
     start = time.perf_counter()
     if mode == "chunked":
         loss = validation_loss(model, blocks, 4, torch.device("cpu"))
@@ -102,8 +140,7 @@ def case_eval(mode: str) -> dict:
             ids = torch.as_tensor(blocks)
             logits = model(input_ids=ids).logits
             loss = float(F.cross_entropy(logits[:, :-1].reshape(-1, 50304).float(), ids[:, 1:].reshape(-1)))
-    return {"loss": loss, "seconds": time.perf_counter() - start, "peak_mib": _peak_mib(),
-            "peak_before_mib": before}
+    return {"loss": loss, "seconds": time.perf_counter() - start, **_peaks(), "model_and_data_mib": before}
 
 
 def case_checkpoint(directory: str) -> dict:
@@ -131,6 +168,52 @@ def case_checkpoint(directory: str) -> dict:
             "write_mib_per_s": size / 2**20 / (t1 - t0)}
 
 
+def case_checkpoint_sharded(directory: str) -> dict:
+    """The same model under FSDP on 2 CPU processes (gloo): each rank writes and hashes its shards."""
+    import torch.multiprocessing as mp
+
+    model_dir = Path(directory) / "model410m"
+    _gpt_neox(50304, **PYTHIA_410M).save_pretrained(model_dir)
+    out = Path(directory) / "sharded.json"
+    mp.spawn(_sharded_rank, args=(2, str(model_dir), directory, str(out)), nprocs=2, join=True)
+    return json.loads(out.read_text())
+
+
+def _sharded_rank(rank: int, world: int, model_dir: str, directory: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from trainers.checkpoint import (TrainState, capture_rng, load_checkpoint, newest_good_checkpoint,
+                                     save_sharded_checkpoint)
+    from trainers.parallel import ParallelConfig, build_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29581")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = build_model(model_dir, "float32", ParallelConfig(strategy="fsdp"), torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, 50304, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    state = TrainState(step=1, tokens_seen=16, replay={}, world_size=world)
+    target = Path(directory) / "sharded_checkpoint"
+    dist.barrier()
+    t0 = time.perf_counter()
+    save_sharded_checkpoint(target, model, optimizer, state, [capture_rng()] * world)
+    t1 = time.perf_counter()
+    found, _ = newest_good_checkpoint(target, None)  # the ranks share the hashing
+    t2 = time.perf_counter()
+    load_checkpoint(found, model, optimizer, rank, torch.device("cpu"), verified=True)
+    t3 = time.perf_counter()
+    if rank == 0:
+        files = [f for f in target.rglob("*") if f.is_file()]
+        Path(out).write_text(json.dumps({
+            "ranks": world, "bytes": sum(f.stat().st_size for f in files),
+            "bytes_per_rank_file": sorted(f.stat().st_size for f in files if f.suffix == ".distcp"),
+            "write_s": t1 - t0, "verify_s": t2 - t1, "load_s": t3 - t2}))
+    dist.destroy_process_group()
+
+
 def main() -> None:
     out = {"machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="rewarm-scale-") as tmp:
@@ -143,24 +226,28 @@ def main() -> None:
             data.append({"target_tokens": tokens, "documents": n_docs, "corpus_mib": corpus.stat().st_size / 2**20,
                          **result})
             corpus.unlink()
-            print(f"prepare {tokens / 1e6:.0f}M tokens: {result['seconds']:.1f} s, driver peak "
-                  f"{result['driver_peak_mib']:.0f} MiB", flush=True)
+            print(f"prepare {tokens / 1e6:.0f}M tokens: {result['seconds']:.1f} s, driver peak anon "
+                  f"{result['peak_anon_mib']:.0f} MiB (RSS with mapped files {result['peak_rss_mib']:.0f} MiB)", flush=True)
         out["data_preparation"] = data
         out["evaluation"] = {mode: _child("eval", mode) for mode in ("chunked", "full_logits")}
         for mode, r in out["evaluation"].items():
-            print(f"eval {mode}: peak {r['peak_mib']:.0f} MiB, loss {r['loss']:.5f}", flush=True)
-        out["checkpoint_410m"] = _child("checkpoint", str(tmp))
-        c = out["checkpoint_410m"]
-        print(f"checkpoint 410M: {c['bytes'] / 2**30:.2f} GiB, write {c['write_s']:.1f} s, verify "
-              f"{c['verify_s']:.1f} s, load {c['load_s']:.1f} s", flush=True)
+            print(f"eval {mode}: peak anon {r['peak_anon_mib']:.0f} MiB (model and data {r['model_and_data_mib']:.0f}), "
+                  f"loss {r['loss']:.5f}", flush=True)
+        out["checkpoint_410m"] = {"ddp_whole": _child("checkpoint", str(tmp)),
+                                  "fsdp_sharded_2_ranks": _child("checkpoint_sharded", str(tmp))}
+        for kind, c in out["checkpoint_410m"].items():
+            print(f"checkpoint 410M {kind}: {c['bytes'] / 2**30:.2f} GiB, write {c['write_s']:.1f} s, verify "
+                  f"{c['verify_s']:.1f} s, load {c['load_s']:.1f} s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--case":
+        _SAMPLER = _AnonPeak()
         case, args = sys.argv[2], sys.argv[3:]
-        result = {"prepare": case_prepare, "eval": case_eval, "checkpoint": case_checkpoint}[case](*args)
+        result = {"prepare": case_prepare, "eval": case_eval, "checkpoint": case_checkpoint,
+                  "checkpoint_sharded": case_checkpoint_sharded}[case](*args)
         print(json.dumps(result))
     else:
         main()

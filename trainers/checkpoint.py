@@ -58,6 +58,7 @@ class TrainState(BaseModel):
     best_objective: float | None = None
     config_fingerprint: str = ""  # a checkpoint only resumes the run configuration that wrote it
     world_size: int | None = None  # workers that wrote it (None: before this was recorded)
+    stream_positions: list[dict] = []  # per rank: where each streamed domain's next block starts
 
 
 def capture_rng() -> dict:

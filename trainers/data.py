@@ -42,18 +42,35 @@ class DataSource(BaseModel):
     split: str = Field("train", description="Dataset split to read.")
     text_field: str = Field("text", description="Column that holds the text.")
     max_documents: int | None = Field(None, ge=1, description="Use at most this many documents (after the split).")
-    streaming: bool = Field(False, description="Stream a hub dataset instead of downloading it whole (needs max_documents).")
+    streaming: bool = Field(False, description="Read the source as a stream. With max_documents: only those documents are read, then prepared like any source. Without: training reads the stream on the workers as it goes (for corpora too large to prepare up front); validation is the stream's first documents.")
+
+    @property
+    def trains_from_stream(self) -> bool:
+        return self.streaming and self.max_documents is None
 
 
-class PreparedDomain(BaseModel):
-    """Paths of a domain's packed token blocks, as handed to workers."""
+class StreamedTrain(BaseModel):
+    """A domain whose training blocks the workers read from a stream as they train
+    (trainers/streaming.py), instead of from blocks prepared up front."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train: Path
+    source: DataSource
+    tokenizer: str = Field(description="Tokenizer path or name; workers tokenise as they read.")
+    skip_documents: int = Field(ge=0, description="The stream's first documents, held out for validation.")
+
+
+class PreparedDomain(BaseModel):
+    """A domain as handed to workers: packed validation blocks, and training blocks packed up
+    front (`train`) or read from a stream as training goes (`stream`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: Path | None = Field(description="Packed training blocks [N, seq_len] (.npy); None when streamed.")
     val: Path
-    train_sequences: int
+    train_sequences: int | None = Field(description="Training blocks packed up front; None when streamed (unknown).")
     val_sequences: int
+    stream: StreamedTrain | None = None
 
 
 def load_source(source: DataSource, cache_dir: Path | None = None):
@@ -62,6 +79,9 @@ def load_source(source: DataSource, cache_dir: Path | None = None):
     import datasets
 
     datasets.disable_progress_bars()
+    if source.trains_from_stream:
+        raise DataError(f"data source {source.path!r}: streamed without max_documents, it is read during "
+                        f"training and is never loaded whole")
     hf_cache = str(cache_dir / "datasets") if cache_dir else None
     local = Path(source.path).expanduser()
     if local.exists():
@@ -75,8 +95,6 @@ def load_source(source: DataSource, cache_dir: Path | None = None):
     elif source.path.startswith(("/", ".", "~")) or source.path.endswith(tuple(_LOCAL_BUILDERS)):
         raise DataError(f"data source {source.path!r}: file or directory does not exist")
     else:
-        if source.streaming and source.max_documents is None:
-            raise DataError(f"data source {source.path!r}: streaming needs max_documents")
         try:
             ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=source.streaming,
                                        cache_dir=hf_cache)
@@ -87,7 +105,7 @@ def load_source(source: DataSource, cache_dir: Path | None = None):
     if source.text_field not in columns:
         raise DataError(f"data source {source.path!r}: no text field {source.text_field!r} (columns: {columns})")
     field = source.text_field
-    if source.streaming:
+    if source.streaming and not local.exists():
         # Only the first max_documents rows are downloaded, written to Arrow as they arrive.
         stream = ds.select_columns([field]).take(source.max_documents)
         ds = datasets.Dataset.from_generator(lambda: ({"text": row[field]} for row in stream), cache_dir=hf_cache)
@@ -123,7 +141,7 @@ def load_texts(source: DataSource) -> list[str]:
 
 def tokenize_texts(tokenizer, texts: list[str]) -> np.ndarray:
     """Tokenise documents and join them into one stream, each followed by EOS (small inputs)."""
-    ids = _tokenize_batch({"text": texts}, tokenizer)["input_ids"]
+    ids = tokenize_documents({"text": texts}, tokenizer)["input_ids"]
     return np.fromiter((t for doc in ids for t in doc), dtype=token_dtype(tokenizer))
 
 
@@ -131,7 +149,7 @@ def token_dtype(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if len(tokenizer) < 2**16 else np.uint32)
 
 
-def _tokenize_batch(batch: dict, tokenizer) -> dict:
+def tokenize_documents(batch: dict, tokenizer) -> dict:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("tokenizer has no eos_token_id; documents could not be separated when packing")
@@ -190,15 +208,18 @@ def prepare_domain(
     if meta_path.exists():
         return PreparedDomain(**json.loads(meta_path.read_text()))
 
-    ds = load_source(source, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     dtype = token_dtype(tokenizer)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    if source.trains_from_stream:
+        return _finish_prepared(tmp, out, _prepare_stream_validation(source, tokenizer, str(tokenizer_path), seq_len,
+                                                                      min_val_sequences, tmp, out))
+    ds = load_source(source, cache_dir)
     # One process per core for big corpora; below ~20k documents the processes cost more than they save.
     num_proc = num_proc if num_proc is not None else (min(os.cpu_count() or 1, 8) if len(ds) > 20_000 else None)
-    tokenized = ds.map(_tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"],
+    tokenized = ds.map(tokenize_documents, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"],
                        fn_kwargs={"tokenizer": tokenizer}, cache_file_name=str(tmp / "tokens.arrow"),
                        features=Features({"input_ids": Sequence(Value(dtype.name)), "n": Value("int64")}),
                        new_fingerprint=key)
@@ -218,13 +239,64 @@ def prepare_domain(
     del tokenized
     for arrow in tmp.glob("*.arrow"):  # the blocks are the product; the token cache is spent
         arrow.unlink()
-    meta = PreparedDomain(train=out / "train.npy", val=out / "val.npy", train_sequences=n_train, val_sequences=n_val)
+    return _finish_prepared(tmp, out, PreparedDomain(train=out / "train.npy", val=out / "val.npy",
+                                                     train_sequences=n_train, val_sequences=n_val))
+
+
+def _finish_prepared(tmp: Path, out: Path, meta: PreparedDomain) -> PreparedDomain:
+    import shutil
+
     (tmp / "meta.json").write_text(meta.model_dump_json())
     try:
         os.replace(tmp, out)
     except OSError:  # another process finished first: theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+def open_stream(source: DataSource):
+    """The source's texts as a `datasets.IterableDataset` (hub or local files), read lazily."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    local = Path(source.path).expanduser()
+    try:
+        if local.exists():
+            files = _local_files(source, local)
+            ds = datasets.load_dataset(_LOCAL_BUILDERS[files[0].suffix], data_files=[str(f) for f in files],
+                                       split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True)
+    except DataError:
+        raise
+    except Exception as exc:  # hub and file errors come in many classes; the cause is what matters
+        raise DataError(f"data source {source.path!r}: cannot open as a stream ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    columns = ds.column_names
+    if columns is not None and source.text_field not in columns:
+        raise DataError(f"data source {source.path!r}: no text field {source.text_field!r} (columns: {columns})")
+    return ds.select_columns([source.text_field])
+
+
+def _prepare_stream_validation(source: DataSource, tokenizer, tokenizer_path: str, seq_len: int,
+                               min_val_sequences: int, tmp: Path, out: Path) -> PreparedDomain:
+    """Validation blocks from the stream's first documents (read until there are enough); training
+    will read the stream after them, on the workers."""
+    need = min_val_sequences * seq_len
+    tokens, used = [], 0
+    for row in open_stream(source):
+        used += 1
+        text = row[source.text_field]
+        if text:
+            tokens.extend(tokenize_documents({"text": [text]}, tokenizer)["input_ids"][0])
+        if len(tokens) >= need:
+            break
+    if len(tokens) < need:
+        raise DataError(f"data source {source.path!r}: the whole stream ({used} documents) gives only "
+                        f"{len(tokens) // seq_len} validation sequences of {seq_len} tokens (need {min_val_sequences})")
+    np.save(tmp / "val.npy", np.asarray(tokens[:need], dtype=token_dtype(tokenizer)).reshape(min_val_sequences, seq_len))
+    return PreparedDomain(train=None, val=out / "val.npy", train_sequences=None, val_sequences=min_val_sequences,
+                          stream=StreamedTrain(source=source, tokenizer=tokenizer_path, skip_documents=used))
 
 
 def source_fingerprint(source: DataSource) -> list:

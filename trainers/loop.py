@@ -31,7 +31,7 @@ from trainers.evaluation import autocast, validation_loss
 from trainers.parallel import bare, build_model, is_sharded, precision_plan
 from trainers.objective import BaseReference, score
 from trainers.tasks import evaluate_task
-from trainers.replay import ReplayMixer
+from trainers.replay import ReplayMixer, stream_positions
 from trainers.report_point import DIVERGED_OBJECTIVE, ReportPoint, RunStatus
 from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX
 from trainers.schedules import lr_at, warmup_steps
@@ -78,8 +78,10 @@ class Trainer:
                     f"checkpoint {resume_from} belongs to a run with a different configuration; "
                     "resume with the same spec and knobs, or start a new run name")
         self.state = state
+        positions = state.stream_positions[self.rank] if state.stream_positions else {}
         self.mixer = ReplayMixer(
-            downstream=load_blocks(cfg.downstream.train), upstream=load_blocks(cfg.upstream.train),
+            downstream=self._training_blocks(cfg.downstream, positions.get("downstream")),
+            upstream=self._training_blocks(cfg.upstream, positions.get("upstream")),
             batch_size=loop.global_batch_size, ratio=cfg.replay_ratio, seed=loop.seed, state=state.replay,
         )
         self.base = cfg.base_reference
@@ -117,6 +119,14 @@ class Trainer:
                 if status != RunStatus.RUNNING:
                     break
         return metrics
+
+    def _training_blocks(self, domain, position: dict | None):
+        """Packed blocks, memory-mapped; or this rank's reader of a streamed domain, at `position`."""
+        if domain.stream is None:
+            return load_blocks(domain.train)
+        from trainers.streaming import StreamBlocks
+
+        return StreamBlocks(domain.stream, self.cfg.loop.seq_len, self.rank, self.world, position)
 
     def measure_base(self) -> BaseReference:
         """L_up, L_down and task metrics of the model as it is (the base, before any step), with
@@ -248,6 +258,8 @@ class Trainer:
             return None
         # All ranks take part in gathering RNG states and agree on rank 0's directory.
         rng_states = dist_utils.gather_objects(capture_rng())
+        positions = dist_utils.gather_objects(stream_positions(self.mixer))
+        s.stream_positions = positions if any(positions) else []
         target = dist_utils.gather_objects(self.reporter.checkpoint_target(s.step) if self.rank == 0 else None)[0]
         if self.sharded:
             save_sharded_checkpoint(target, self.model, self.optimizer, s, rng_states)

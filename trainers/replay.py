@@ -29,6 +29,20 @@ def upstream_total(steps: int, batch_size: int, ratio: float) -> int:
     return int(np.floor(steps * batch_size * ratio + 0.5))
 
 
+def _packed(blocks) -> bool:
+    return isinstance(blocks, np.ndarray)
+
+
+def _seq_len(blocks) -> int:
+    return blocks.shape[1] if _packed(blocks) else blocks.seq_len
+
+
+def stream_positions(mixer: "ReplayMixer") -> dict:
+    """This rank's position in each streamed domain ({} when nothing is streamed)."""
+    return {name: blocks.position() for name, blocks in (("upstream", mixer.upstream), ("downstream", mixer.downstream))
+            if not _packed(blocks)}
+
+
 class _EpochStream:
     """Indices 0..n-1 in a fresh seeded permutation each epoch."""
 
@@ -48,18 +62,24 @@ class _EpochStream:
 
 
 class ReplayMixer:
-    """Builds the global batch of each step from downstream and upstream blocks."""
+    """Builds the global batch of each step from downstream and upstream blocks.
 
-    def __init__(self, downstream: np.ndarray, upstream: np.ndarray, batch_size: int, ratio: float,
+    A domain is either packed blocks (an array, read in seeded epoch permutations: every rank
+    computes the same global batch and reads its own rows) or a stream
+    (`trainers/streaming.py: StreamBlocks`, one per rank: a rank's rows of that domain are the
+    next blocks of its own share of the stream). Which rows are upstream is the same either way.
+    """
+
+    def __init__(self, downstream, upstream, batch_size: int, ratio: float,
                  seed: int, state: ReplayState | None = None):
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1], got {ratio}")
-        if downstream.shape[1] != upstream.shape[1]:
+        if _seq_len(downstream) != _seq_len(upstream):
             raise ValueError("upstream and downstream blocks must have the same sequence length")
         self.downstream, self.upstream = downstream, upstream
         self.batch_size, self.ratio = batch_size, ratio
-        self._down = _EpochStream(len(downstream), seed, 1)
-        self._up = _EpochStream(len(upstream), seed, 0)
+        self._down = _EpochStream(len(downstream), seed, 1) if _packed(downstream) else None
+        self._up = _EpochStream(len(upstream), seed, 0) if _packed(upstream) else None
         self.state = state.model_copy() if state else ReplayState()
 
     def upstream_count(self, step: int) -> int:
@@ -72,19 +92,24 @@ class ReplayMixer:
         s = self.state
         n_up = self.upstream_count(s.steps)
         n_down = self.batch_size - n_up
-        up_idx = self._up.take(s.upstream_consumed, n_up)
-        down_idx = self._down.take(s.downstream_consumed, n_down)
         # Spread replayed sequences over the batch instead of bunching them at the front,
         # so each rank's shard and each micro-batch sees its share.
         is_up = np.zeros(self.batch_size, dtype=bool)
         if n_up:
             is_up[np.linspace(0, self.batch_size - 1, n_up).round().astype(int)] = True
-        source = np.empty(self.batch_size, dtype=np.int64)  # block index in its own domain
-        source[is_up], source[~is_up] = up_idx, down_idx
         mine = np.arange(self.batch_size)[rows]
-        tokens = np.empty((len(mine), self.downstream.shape[1]), dtype=np.int64)
-        for out_row, row in enumerate(mine):
-            tokens[out_row] = (self.upstream if is_up[row] else self.downstream)[source[row]]
+        tokens = np.empty((len(mine), _seq_len(self.downstream)), dtype=np.int64)
+        for flag, blocks, order, consumed, n in ((True, self.upstream, self._up, s.upstream_consumed, n_up),
+                                                 (False, self.downstream, self._down, s.downstream_consumed, n_down)):
+            slots = np.flatnonzero(is_up[mine] == flag)  # this rank's rows from this domain
+            if order is None:  # a stream: this rank's next blocks
+                if len(slots):
+                    tokens[slots] = blocks.take(len(slots))
+                continue
+            index = np.empty(self.batch_size, dtype=np.int64)
+            index[is_up == flag] = order.take(consumed, n)  # block index in its own domain
+            for slot in slots:
+                tokens[slot] = blocks[index[mine[slot]]]
         s.steps += 1
         s.upstream_consumed += n_up
         s.downstream_consumed += n_down
