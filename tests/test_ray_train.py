@@ -64,7 +64,8 @@ def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, 
 
 def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_world, tmp_path):
     """FSDP on a Ray Train worker group: the same curve as DDP, sharded checkpoints written into
-    Ray Train's run dir (reported without an upload), and an exact resume through Ray."""
+    Ray Train's run dir (reported without an upload), an exact resume through Ray, and a base
+    reference measured on a worker group like the trials'."""
     from tests.test_parallel import FSDP_VS_DDP_TOLERANCE
     from trainers.checkpoint import is_sharded_checkpoint
     from trainers.run_dir import list_checkpoints
@@ -81,22 +82,20 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
         assert a["loss"] == pytest.approx(b["loss"], abs=FSDP_VS_DDP_TOLERANCE)
     assert resumed.metrics["L_down"] == pytest.approx(ddp.metrics["L_down"], abs=FSDP_VS_DDP_TOLERANCE)
 
-
-def test_base_reference_is_measured_on_a_worker_group_like_the_trials(local_ray, toy_world, tmp_path):
+    # The base reference of these trials was measured on a worker group shaped like theirs.
     import dataclasses
 
     from sweeps.config.resolve import base_reference_key, measure_here, resolve
     from trainers.toyworld import default_cache_dir
 
-    spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"})
-    run_single(spec, run_name="fsdp", stop_after_step=2)
-    resolved = resolve(spec)  # cached now: the run measured it
+    resolved = resolve(fsdp_spec)  # cached: the first run measured it
     key = base_reference_key(resolved)
-    cache = default_cache_dir() / "base_reference"
-    assert (cache / "worker_groups" / f"base-{key}").is_dir()  # a Ray Train worker group measured it
+    assert (default_cache_dir() / "base_reference" / "worker_groups" / f"base-{key}").is_dir()
     here = measure_here(dataclasses.replace(resolved, base_reference=None), tmp_path / "here.json")
     assert resolved.base_reference.L_up == pytest.approx(here.L_up, abs=1e-5)  # CPU both: same numerics
     assert resolved.base_reference.L_down == pytest.approx(here.L_down, abs=1e-5)
+
+
 
 
 def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
