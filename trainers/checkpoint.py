@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from trainers import distributed as dist_utils
 from trainers.errors import UserError
+from trainers.parallel import is_sharded
 from trainers.replay import ReplayState
 from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX, list_checkpoints
 
@@ -252,8 +253,6 @@ def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.
         raise CheckpointError(f"checkpoint {directory} was written by {state.world_size} workers and cannot resume on "
                               f"{world} (the data split and RNG streams are per worker); set "
                               f"resources.workers_per_trial: {state.world_size}, or start a new run")
-    from trainers.parallel import is_sharded
-
     if is_sharded(model) != is_sharded_checkpoint(directory):
         kind = "sharded (fsdp)" if is_sharded_checkpoint(directory) else "whole-model (ddp)"
         raise CheckpointError(f"checkpoint {directory} is {kind}; resume with the resources.strategy that wrote it")

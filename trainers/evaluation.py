@@ -61,7 +61,10 @@ def hidden_states(net, ids: torch.Tensor, device: torch.device, compute_dtype: t
     handle = decoder.register_forward_hook(lambda module, args, out: captured.__setitem__("h", out[0]))
     try:
         with autocast(device, compute_dtype):
-            net(input_ids=ids, logits_to_keep=1)
+            try:
+                net(input_ids=ids, logits_to_keep=1)
+            except TypeError:  # a model without `logits_to_keep`: full logits once, hidden states still used
+                net(input_ids=ids)
     finally:
         handle.remove()
     return captured["h"], head
