@@ -57,6 +57,8 @@ def fingerprint(spec) -> str:
     dump["training"].pop("task_eval_every_tokens", None)
     from trainers.parallel import ParallelConfig
 
+    if spec.model.init == "pretrained":
+        dump["model"].pop("init", None)  # the default: how the ground truth was trained
     if spec.resources.parallel() == ParallelConfig() and "resources" in dump:
         for key in ParallelConfig.model_fields:  # the defaults: how the ground truth was trained
             dump["resources"].pop(key, None)

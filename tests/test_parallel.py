@@ -209,3 +209,25 @@ def test_bf16_mixed_precision_tracks_fp32_under_fsdp_and_ddp(resolved_small):
     for a, b, c in zip(fp32.steps, fsdp.steps, ddp.steps, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=0.02) and c["loss"] == pytest.approx(a["loss"], abs=0.02)
     assert fsdp.steps[-1]["loss"] != fp32.steps[-1]["loss"]  # it really computed in bf16
+
+
+def test_from_scratch_is_the_same_architecture_with_seeded_fresh_weights(resolved_small, toy_world):
+    """model.init: random (issue #15): same architecture and tokenizer, fresh weights from the
+    seed, measured against the pretrained base; resume is exact like any run."""
+    from trainers.loop import load_model
+
+    cfg = _cfg(resolved_small).model_copy(update={"init": "random"})
+    pretrained = load_model(_cfg(resolved_small), torch.device("cpu"))
+    scratch, again = load_model(cfg, torch.device("cpu")), load_model(cfg, torch.device("cpu"))
+    assert [type(m).__name__ for m in scratch.modules()] == [type(m).__name__ for m in pretrained.modules()]
+    assert all(torch.equal(a, b) for a, b in zip(scratch.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(scratch.state_dict()["gpt_neox.embed_in.weight"], pretrained.state_dict()["gpt_neox.embed_in.weight"])
+    run = run_in_process(cfg)
+    continued = run_in_process(_cfg(resolved_small))
+    import math
+
+    # From scratch starts at a uniform guess over the vocabulary, and knows no upstream.
+    assert run.steps[0]["loss"] == pytest.approx(math.log(len(pretrained.get_input_embeddings().weight)), abs=0.1)
+    assert run.reports[-1]["L_up"] > continued.reports[-1]["L_up"] + 1.0
+    assert run.reports[-1]["L_down"] > continued.reports[-1]["L_down"]  # continuing wins on the same tokens
+    assert cfg.fingerprint() != _cfg(resolved_small).fingerprint()

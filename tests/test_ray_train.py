@@ -98,6 +98,23 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
 
 
 
+def test_rewarm_train_from_scratch(local_ray, toy_world, tmp_path):
+    """model.init: random through `rewarm train`'s own path (a Ray task), tracked like any run."""
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    spec = small_spec(tmp_path, model={"init": "random"})
+    run = run_single(spec, run_name="scratch")
+    assert run.status == "completed"
+    assert read_curve(run.run_dir)[0]["loss"] == pytest.approx(math.log(512), abs=0.1)  # fresh weights
+    assert run.metrics["forgetting"] > 1.0  # measured against the pretrained base, which knows upstream
+    client = MlflowClient(spec.tracking_uri())
+    (mlflow_run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                       filter_string="tags.`rewarm.kind` = 'run'")
+    assert mlflow_run.data.params["model.init"] == "random"
+
+
 def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
     from sweeps.execution.single_run import RunFailed
 

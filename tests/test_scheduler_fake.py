@@ -81,3 +81,26 @@ def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_
     assert all(len(t.values) == 2 for t in study.trials if t.values)  # (gain, forgetting) per trial
     front = study.best_trials
     assert front and all(not any(o.values[0] > t.values[0] and o.values[1] < t.values[1] for o in front) for t in front)
+
+
+def test_grid_search_runs_each_point_once_on_real_tune(local_ray, tmp_path):
+    """search_space.algorithm: grid, with trials run two at a time: every point of the choice
+    lists exactly once (issue #15), through Ray Tune and Optuna's GridSampler."""
+    from sweeps.execution.fake_trainable import fake_cpt_trainable
+    from sweeps.execution.search import make_searcher
+
+    grid = {"warmup_frac": 0.01, "schedule": "cosine", "max_lr": [1e-4, 1e-3, 1e-2], "replay_ratio": [0.0, 0.25]}
+    spec = small_spec(budget={"num_trials": 6, "tokens_per_trial": N_EVALS * EVAL, "max_concurrent": 2},
+                      search_space={"name": "default", "params": grid, "algorithm": "grid"},
+                      scheduler={"kind": "none"})
+    searcher = make_searcher(spec, spec.knob_params())
+    tuner = tune.Tuner(
+        tune.with_parameters(fake_cpt_trainable),
+        param_space={"evals": 2, "tokens_per_eval": EVAL},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2, reuse_actors=True),
+        run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
+    )
+    results = tuner.fit()
+    assert len(results) == 6 and not results.errors
+    points = sorted((r.config["max_lr"], r.config["replay_ratio"]) for r in results)
+    assert points == sorted((lr, rr) for lr in grid["max_lr"] for rr in grid["replay_ratio"])

@@ -67,3 +67,65 @@ def test_restored_searcher_fails_trials_tune_never_saved(tmp_path):
     assert by_number[1].state == optuna.trial.TrialState.FAIL and study.user_attrs[LOST_TRIALS_ATTR] == [1]
     restored.on_trial_complete("t1", {"tokens": 4096, "objective": 0.4, "status": "completed"})
     assert optuna.load_study(study_name="s", storage=storage).trials[0].value == 0.4
+
+
+GRID = {"warmup_frac": [0.0, 0.01], "max_lr": [1e-3, 3e-3], "replay_ratio": 0.1, "schedule": "cosine"}
+
+
+def _grid_searcher(tmp_path):
+    spec = small_spec(tmp_path, name="g", search_space={"params": GRID, "algorithm": "grid"},
+                      budget={"num_trials": 4, "max_concurrent": 2})
+    storage = open_study_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    return make_searcher(spec, spec.knob_params(), storage), storage
+
+
+def _point(config):
+    return (config["warmup_frac"], config["max_lr"])
+
+
+def test_grid_runs_every_point_exactly_once(tmp_path):
+    searcher, _ = _grid_searcher(tmp_path)
+    points = []
+    for i in range(4):
+        points.append(_point(searcher.suggest(f"t{i}")))
+        searcher.on_trial_complete(f"t{i}", {"tokens": 4096, "objective": float(i), "status": "completed"})
+    assert sorted(points) == sorted((w, lr) for w in GRID["warmup_frac"] for lr in GRID["max_lr"])
+
+
+def test_grid_point_of_a_lost_trial_runs_after_resume(tmp_path):
+    searcher, storage = _grid_searcher(tmp_path)
+    first = [_point(searcher.suggest(t)) for t in ("t0", "t1")]
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last state save
+    lost = _point(searcher.suggest("t2"))  # then the driver dies
+    restored, _ = _grid_searcher(tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    for t in ("t0", "t1"):
+        restored.on_trial_complete(t, {"tokens": 4096, "objective": 0.1, "status": "completed"})
+    rest = [_point(restored.suggest(t)) for t in ("t3", "t4")]  # Tune makes up the budget
+    assert rest[0] == lost  # the lost point is queued first
+    done = [t for t in optuna.load_study(study_name="g", storage=storage).trials
+            if t.state != optuna.trial.TrialState.FAIL]
+    assert sorted(first + rest) == sorted((w, lr) for w in GRID["warmup_frac"] for lr in GRID["max_lr"])
+    assert len(done) == 4
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"search_space": {"name": "default", "params": {}, "algorithm": "grid"}, "budget": {"num_trials": 4}},
+     "search_space.params.warmup_frac: a grid needs a value or a list"),
+    ({"search_space": {"params": GRID, "algorithm": "grid"}, "budget": {"num_trials": 5}},
+     r"budget.num_trials \(5\) must equal the grid's size \(2 warmup_frac x 2 max_lr = 4\)"),
+    ({"search_space": {"params": GRID, "algorithm": "nsga2"}}, "nsga2 searches a Pareto front"),
+])
+def test_search_algorithm_errors_name_the_field(sections, message):
+    from sweeps.config.loading import SpecError
+
+    with pytest.raises((SpecError, ValueError), match=message):
+        small_spec(**sections)
+
+
+def test_paper_presets_are_grids_of_their_stated_size():
+    spec = small_spec(search_space={"name": "gupta2023", "params": {}, "algorithm": "grid"},
+                      budget={"num_trials": 12})
+    assert spec.grid_points() == 12 and spec.search_algorithm() == "grid"
+    assert small_spec(search_space={"name": "ibrahim2024", "params": {}, "algorithm": "grid"},
+                      budget={"num_trials": 7}).grid_points() == 7

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainers.data import PreparedDomain
 from trainers.objective import BaseReference, ObjectiveConfig
-from trainers.parallel import ParallelConfig
+from trainers.parallel import Init, ParallelConfig
 from trainers.tasks import TokenizedTask
 from trainers.schedules import ScheduleConfig
 
@@ -67,6 +67,7 @@ class TrialConfig(BaseModel):
     model_path: str = Field(description="Local path or hub name for AutoModelForCausalLM.from_pretrained.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Storage dtype of the weights as loaded; training keeps fp32 master weights unless parallel.precision is bf16-pure.")
     parallel: ParallelConfig = Field(ParallelConfig(), description="DDP or FSDP, precision, activation checkpointing.")
+    init: Init = Field("pretrained", description="pretrained: continue the model; random: the same architecture from fresh weights (seeded by loop.seed), i.e. training from scratch.")
     upstream: PreparedDomain
     downstream: PreparedDomain
     schedule: ScheduleConfig
@@ -93,6 +94,8 @@ class TrialConfig(BaseModel):
         trajectory["loop"].pop("task_eval_every")
         if self.parallel == ParallelConfig():
             trajectory.pop("parallel")  # checkpoints from before the field existed still resume
+        if self.init == "pretrained":
+            trajectory.pop("init")
         if trajectory.get("base_reference"):
             trajectory["base_reference"].pop("tasks", None)
         if self.objective.task is None:

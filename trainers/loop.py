@@ -311,4 +311,4 @@ def _adamw(model: torch.nn.Module, cfg: TrialConfig) -> torch.optim.AdamW:
 
 def load_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
     """The trial's model on this rank, laid out for its strategy and precision (trainers/parallel.py)."""
-    return build_model(cfg.model_path, cfg.dtype, cfg.parallel, device)
+    return build_model(cfg.model_path, cfg.dtype, cfg.parallel, device, init=cfg.init, seed=cfg.loop.seed)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainers import distributed as dist_utils
 
 Strategy = Literal["ddp", "fsdp"]
+Init = Literal["pretrained", "random"]
 Precision = Literal["auto", "fp32", "bf16-mixed", "bf16-pure"]
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -81,23 +82,30 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def load_pretrained(model_path: str, storage_dtype: str) -> torch.nn.Module:
-    """The model as stored, through transformers' own loading (key renames, tied weights)."""
-    from transformers import AutoModelForCausalLM
+def load_weights(model_path: str, storage_dtype: str, init: Init = "pretrained", seed: int = 0) -> torch.nn.Module:
+    """The model as stored, through transformers' own loading (key renames, tied weights); or,
+    with `init="random"`, the same architecture freshly initialised from `seed` (training from
+    scratch), without touching the global RNG."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per worker per trial drowns the sweep's own output
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=STORAGE_DTYPES[storage_dtype])
+    dtype = STORAGE_DTYPES[storage_dtype]
+    if init == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
 
 
 def build_model(model_path: str, storage_dtype: str, parallel: ParallelConfig,
-                device: torch.device) -> torch.nn.Module:
-    """The model ready to train on this rank: loaded, in its master dtype, on `device`, and
-    wrapped for the strategy when there are several ranks."""
+                device: torch.device, init: Init = "pretrained", seed: int = 0) -> torch.nn.Module:
+    """The model ready to train on this rank: loaded (or initialised, see `load_weights`), in its
+    master dtype, on `device`, and wrapped for the strategy when there are several ranks."""
     plan = precision_plan(parallel.precision, device.type)
     if parallel.strategy == "fsdp":
-        return _fsdp_model(model_path, storage_dtype, parallel, plan, device)
-    model = load_pretrained(model_path, storage_dtype).to(dtype=plan.master)
+        return _fsdp_model(model_path, storage_dtype, parallel, plan, device, init, seed)
+    model = load_weights(model_path, storage_dtype, init, seed).to(dtype=plan.master)
     if parallel.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = model.to(device)
@@ -109,7 +117,7 @@ def build_model(model_path: str, storage_dtype: str, parallel: ParallelConfig,
 
 
 def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, plan: PrecisionPlan,
-                device: torch.device) -> torch.nn.Module:
+                device: torch.device, init: Init, seed: int) -> torch.nn.Module:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -129,7 +137,7 @@ def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, p
     model.to_empty(device=device)
     full, buffers = {}, {}
     if rank == 0:
-        loaded = load_pretrained(model_path, storage_dtype)
+        loaded = load_weights(model_path, storage_dtype, init, seed)
         full = {k: v.to(plan.master) for k, v in loaded.state_dict().items()}
         buffers = dict(_non_persistent_buffers(loaded))
         del loaded

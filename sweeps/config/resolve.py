@@ -156,7 +156,8 @@ def reference_trial_config(resolved: ResolvedSweep) -> TrialConfig:
     """A TrialConfig that measures the base model: the trials' model, data, tasks and
     parallelism; its knobs are placeholders (evaluating the base takes no step)."""
     knobs = {Knob.SCHEDULE: "constant", Knob.MAX_LR: 1e-4, Knob.WARMUP_FRAC: 0.0, Knob.REPLAY_RATIO: 0.0}
-    return trial_config(resolved, knobs)
+    # Gain and forgetting are against the pretrained base, also for trials trained from scratch.
+    return trial_config(resolved, knobs).model_copy(update={"init": "pretrained"})
 
 
 def measure_here(resolved: ResolvedSweep, path: Path) -> BaseReference:
@@ -181,7 +182,7 @@ def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = No
     schedule = ScheduleConfig(kind=knobs[Knob.SCHEDULE], max_lr=float(knobs[Knob.MAX_LR]),
                               warmup_frac=float(knobs[Knob.WARMUP_FRAC]), **t.shape())
     return TrialConfig(
-        model_path=resolved.model_path, dtype=spec.model.dtype, parallel=spec.resources.parallel(),
+        model_path=resolved.model_path, dtype=spec.model.dtype, parallel=spec.resources.parallel(), init=spec.model.init,
         upstream=resolved.upstream, downstream=resolved.downstream,
         schedule=schedule, replay_ratio=float(knobs[Knob.REPLAY_RATIO]), optimizer=t.optimizer,
         loop=LoopConfig(

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import search_spaces
 from search_spaces.knobs import KNOBS, Knob
-from search_spaces.params import Fixed, bounds, coerce_param
+from search_spaces.params import Choice, Fixed, bounds, coerce_param
 from sweeps.config.cadence import Cadence, asha_grace_tokens, trial_cadence
 from sweeps.config.layout import DEFAULT_STORAGE_PATH
 from sweeps.decisions.stop_rule import StopRuleSettings
@@ -60,6 +60,7 @@ class ModelSpec(_Spec):
     name_or_path: str = Field(TOY, description="'toy' (the embedded toy-world model), a hub name or a local directory.")
     tokenizer: str | None = Field(None, description="Tokenizer name or path; defaults to the model's.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Storage dtype of the weights as loaded; training keeps fp32 master weights (resources.precision says how it computes).")
+    init: Literal["pretrained", "random"] = Field("pretrained", description="pretrained: continue the base model; random: the same architecture and tokenizer from fresh weights (seeded by `seed`), i.e. training from scratch, still measured against the pretrained base.")
     pretrain_max_lr: float | None = Field(None, gt=0, description="The model's own pre-training max LR; scales paper presets. Known for Pythia and the toy model.")
 
 
@@ -116,6 +117,7 @@ class SearchSpaceSpec(_Spec):
 
     name: str = Field("default", description=f"A registered search space: {sorted(search_spaces.REGISTRY)}.")
     params: dict[str, search_spaces.Param] = Field(default_factory=dict, description="Per-knob overrides: a value, a list (choice), or {type: uniform|loguniform|choice|fixed, ...}.")
+    algorithm: Literal["tpe", "random", "grid", "nsga2"] | None = Field(None, description="How points are chosen: tpe (Optuna TPE after a random start), random, grid (every point of the choice lists exactly once; budget.num_trials must equal the grid's size), nsga2 (Pareto objective only). Default: nsga2 for a pareto objective, else tpe.")
 
     @field_validator("name")
     @classmethod
@@ -230,6 +232,7 @@ class SweepSpec(_Spec):
                 f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
                 f"training.micro_batch_size x resources.workers_per_trial "
                 f"({t.micro_batch_size} x {self.resources.workers_per_trial})")
+        self._check_search_algorithm()
         if self.steps_per_trial < 1:
             raise ValueError(f"budget.tokens_per_trial ({self.budget.tokens_per_trial}) is less than one step "
                              f"({self.tokens_per_step} tokens)")
@@ -289,6 +292,31 @@ class SweepSpec(_Spec):
             return KNOWN_PRETRAIN_LR[key]
         raise ValueError(f"model.pretrain_max_lr is needed for {self.model.name_or_path!r} "
                          f"(known: toy and Pythia) to scale the search space's learning rates")
+
+    def search_algorithm(self) -> str:
+        return self.search_space.algorithm or ("nsga2" if self.objective.kind == "pareto" else "tpe")
+
+    def grid_points(self) -> int:
+        """Points of the grid: the product of the choice lists' lengths (fixed knobs count once)."""
+        size = 1
+        for p in self.knob_params().values():
+            size *= len(p.values) if isinstance(p, Choice) else 1
+        return size
+
+    def _check_search_algorithm(self) -> None:
+        algorithm = self.search_algorithm()
+        if algorithm == "nsga2" and self.objective.kind != "pareto":
+            raise ValueError("search_space.algorithm: nsga2 searches a Pareto front; use it with objective.kind: pareto")
+        if algorithm != "grid":
+            return
+        for knob, p in self.knob_params().items():
+            if not isinstance(p, (Fixed, Choice)):
+                raise ValueError(f"search_space.params.{knob}: a grid needs a value or a list of values, not "
+                                 f"{p.describe()} (continuous); give a list, or use algorithm tpe or random")
+        if self.budget.num_trials != self.grid_points():
+            sizes = " x ".join(f"{len(p.values)} {k}" for k, p in self.knob_params().items() if isinstance(p, Choice))
+            raise ValueError(f"budget.num_trials ({self.budget.num_trials}) must equal the grid's size "
+                             f"({sizes or '1 point'} = {self.grid_points()}): a grid runs every point exactly once")
 
     def knob_params(self) -> dict:
         space = search_spaces.get(self.search_space.name)

@@ -1,8 +1,9 @@
-"""The searcher: Optuna (TPE, or NSGA-II for a Pareto objective) over the knobs, via Ray Tune,
-its study kept in the sweep's store (sweeps/tracking/study.py)."""
+"""The searcher: Optuna (TPE, random, a grid, or NSGA-II for a Pareto objective) over the knobs,
+via Ray Tune, its study kept in the sweep's store (sweeps/tracking/study.py)."""
 
 from __future__ import annotations
 
+from optuna.samplers import GridSampler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform
@@ -90,6 +91,8 @@ class SweepSearch(OptunaSearch):
         lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known]
         for number in lost:
             study.tell(number, state=TrialState.FAIL)
+            if isinstance(study.sampler, GridSampler):  # its grid point would never run: queue it again
+                study.enqueue_trial(study.trials[number].params)
         if lost:  # why they failed, where optuna-dashboard shows it (a finished trial takes no attributes)
             previous = study.user_attrs.get(LOST_TRIALS_ATTR, [])
             study.set_user_attr(LOST_TRIALS_ATTR, sorted(set(previous) | set(lost)))
@@ -102,10 +105,20 @@ def make_searcher(spec: SweepSpec, params: dict, storage=None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     where = dict(storage=storage, study_name=spec.name)
-    if spec.objective.kind == "pareto":
+    algorithm = spec.search_algorithm()
+    if algorithm == "grid":
+        # Optuna's GridSampler gives trial number k grid point k: every point once, whatever the
+        # concurrency; SweepSearch.restore re-queues a point whose trial was lost.
+        sampler = optuna.samplers.GridSampler({k: list(p.values) for k, p in params.items() if isinstance(p, Choice)},
+                                              seed=spec.seed)
+    elif algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    elif algorithm == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_concurrent * 2))
+    else:
+        startup = min(10, max(3, spec.budget.num_trials // 3))  # random start, then TPE
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
+    if spec.objective.kind == "pareto":
         return SweepSearch(space=OptunaSpace(params), metric=["gain", "forgetting"], mode=["max", "min"],
                            sampler=sampler, **where)
-    startup = min(10, max(3, spec.budget.num_trials // 3))  # random start, then TPE
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
     return SweepSearch(space=OptunaSpace(params), metric="objective", mode="max", sampler=sampler, **where)
