@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _classify(exc: Exception) -> tuple[int | None, str]:
     """The exit code and one-line message of an error, or (None, ...) for a bug (traceback)."""
-    from sweeps.execution.single_run import RunFailed
+    from sweeps.execution.failures import RunFailed
 
     if isinstance(exc, UserError):
         return EXIT_USAGE, str(exc)
@@ -174,7 +174,8 @@ def _dispatch(args) -> int:
 
 
 def _train(spec, args) -> int:
-    from sweeps.execution.single_run import RunFailed, run_single
+    from sweeps.execution.failures import RunFailed
+    from sweeps.execution.single_run import run_single
 
     outcome = run_single(spec, run_name=args.run_name, stop_after_step=args.stop_after_steps, address=args.address)
     m = outcome.metrics

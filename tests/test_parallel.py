@@ -208,7 +208,8 @@ def test_bf16_mixed_precision_tracks_fp32_under_fsdp_and_ddp(resolved_small):
     ddp = run_distributed(_cfg(resolved_small, {"strategy": "ddp", "precision": "bf16-mixed"}), 2, port=29563)
     for a, b, c in zip(fp32.steps, fsdp.steps, ddp.steps, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=0.02) and c["loss"] == pytest.approx(a["loss"], abs=0.02)
-    assert fsdp.steps[-1]["loss"] != fp32.steps[-1]["loss"]  # it really computed in bf16
+    assert fsdp.steps[-1]["loss"] != fp32.steps[-1]["loss"]  # both really computed in bf16
+    assert ddp.steps[-1]["loss"] != fp32.steps[-1]["loss"]
 
 
 def test_from_scratch_is_the_same_architecture_with_seeded_fresh_weights(resolved_small, toy_world):
@@ -231,3 +232,29 @@ def test_from_scratch_is_the_same_architecture_with_seeded_fresh_weights(resolve
     assert run.reports[-1]["L_up"] > continued.reports[-1]["L_up"] + 1.0
     assert run.reports[-1]["L_down"] > continued.reports[-1]["L_down"]  # continuing wins on the same tokens
     assert cfg.fingerprint() != _cfg(resolved_small).fingerprint()
+
+
+def test_a_model_that_scales_its_logits_after_the_head_is_evaluated_on_its_own_logits(toy_world, resolved_small):
+    """Gemma-style soft-capping after the head: the chunked path must notice and use the model's logits."""
+    import numpy as np
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from trainers.data import load_blocks
+    from trainers.evaluation import validation_loss
+
+    model = AutoModelForCausalLM.from_pretrained(toy_world.model).eval()
+    original = type(model).forward
+
+    def capped(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.logits = 3.0 * torch.tanh(out.logits / 3.0)
+        return out
+
+    model.forward = capped.__get__(model)
+    blocks = np.asarray(load_blocks(resolved_small.downstream.val)[:4])
+    ids = torch.as_tensor(blocks.astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)).item()
+    assert validation_loss(model, blocks, 4, torch.device("cpu")) == pytest.approx(expected, abs=1e-5)

@@ -70,8 +70,20 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
     from trainers.checkpoint import is_sharded_checkpoint
     from trainers.run_dir import list_checkpoints
 
-    ddp = run_single(small_spec(tmp_path, resources={"workers_per_trial": 2}), run_name="ddp")
+    import dataclasses
+    import shutil
+
+    from sweeps.config.resolve import base_reference_key, measure_here, resolve
+    from trainers.toyworld import default_cache_dir
+
+    ddp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2})
+    ddp = run_single(ddp_spec, run_name="ddp")
     fsdp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"})
+    # Forget any cached base reference of these trials, so this run must measure it.
+    key = base_reference_key(dataclasses.replace(resolve(ddp_spec), spec=fsdp_spec))
+    cache = default_cache_dir() / "base_reference"
+    (cache / f"{key}.json").unlink(missing_ok=True)
+    shutil.rmtree(cache / "worker_groups" / f"base-{key}", ignore_errors=True)
     part = run_single(fsdp_spec, run_name="fsdp", stop_after_step=10)
     checkpoints = list_checkpoints(part.run_dir)
     assert checkpoints and all(is_sharded_checkpoint(c) for c in checkpoints)
@@ -82,15 +94,10 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
         assert a["loss"] == pytest.approx(b["loss"], abs=FSDP_VS_DDP_TOLERANCE)
     assert resumed.metrics["L_down"] == pytest.approx(ddp.metrics["L_down"], abs=FSDP_VS_DDP_TOLERANCE)
 
-    # The base reference of these trials was measured on a worker group shaped like theirs.
-    import dataclasses
-
-    from sweeps.config.resolve import base_reference_key, measure_here, resolve
-    from trainers.toyworld import default_cache_dir
-
+    # The base reference of these trials was measured, by this test, on a worker group like theirs.
     resolved = resolve(fsdp_spec)  # cached: the first run measured it
-    key = base_reference_key(resolved)
-    assert (default_cache_dir() / "base_reference" / "worker_groups" / f"base-{key}").is_dir()
+    assert base_reference_key(resolved) == key and (cache / f"{key}.json").exists()
+    assert (cache / "worker_groups" / f"base-{key}").is_dir()
     here = measure_here(dataclasses.replace(resolved, base_reference=None), tmp_path / "here.json")
     assert resolved.base_reference.L_up == pytest.approx(here.L_up, abs=1e-5)  # CPU both: same numerics
     assert resolved.base_reference.L_down == pytest.approx(here.L_down, abs=1e-5)
@@ -116,7 +123,7 @@ def test_rewarm_train_from_scratch(local_ray, toy_world, tmp_path):
 
 
 def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
-    from sweeps.execution.single_run import RunFailed
+    from sweeps.execution.failures import RunFailed
 
     run_single(small_spec(tmp_path), run_name="r", stop_after_step=4)
     other = small_spec(tmp_path, search_space={"params": {"max_lr": 1e-3, "warmup_frac": 0.1, "replay_ratio": 0.25,

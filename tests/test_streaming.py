@@ -20,9 +20,12 @@ KNOBS = {"max_lr": 3e-3, "warmup_frac": 0.1, "replay_ratio": 0.25, "schedule": "
 def streamed(toy_world, tmp_path_factory):
     """The toy downstream corpus split into 4 JSONL shards, streamed."""
     root = tmp_path_factory.mktemp("stream")
-    lines = toy_world.downstream.read_text().splitlines()
-    for i in range(4):
-        (root / f"part{i}.jsonl").write_text("\n".join(lines[i::4]) + "\n")
+    # Every document starts with its own number, so a held-out document is recognisable anywhere.
+    docs = [json.dumps({"text": f"{i:06d} {json.loads(line)['text']}"})
+            for i, line in enumerate(toy_world.downstream.read_text().splitlines())]
+    per = len(docs) // 4
+    for i in range(4):  # in stream order: shard 0 holds the first documents (the held-out ones)
+        (root / f"part{i}.jsonl").write_text("\n".join(docs[i * per:(i + 1) * per]) + "\n")
     spec = small_spec(data={"downstream": {"path": str(root), "streaming": True}})
     return resolve(spec)
 
@@ -57,8 +60,28 @@ def test_streamed_training_learns_and_resumes_exactly(streamed, tmp_path):
     assert _steps(first) + _steps(resumed) == _steps(full)
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_no_held_out_document_reaches_training_on_any_rank(streamed, world):
+    from trainers.streaming import StreamBlocks
+
+    import re
+
+    from transformers import AutoTokenizer
+
+    down = streamed.downstream
+    tok = AutoTokenizer.from_pretrained(down.stream.tokenizer)
+    seq_len = np.load(down.val).shape[1]
+    held_out = down.stream.skip_documents
+    numbers = []
+    for rank in range(world):
+        text = tok.decode(StreamBlocks(down.stream, seq_len, rank, world).take(100).reshape(-1).tolist())
+        numbers.append({int(n) for n in re.findall(r"(?<!\d)(\d{6})(?!\d)", text)})
+    assert all(numbers) and min(min(n) for n in numbers) >= held_out  # no held-out document is trained on
+    assert not (world == 2 and numbers[0] & numbers[1])  # and no document twice
+
+
 @pytest.mark.slow
-def test_two_ranks_read_their_own_shards_and_resume_exactly(streamed, tmp_path):
+def test_two_ranks_read_their_own_shares_and_resume_exactly(streamed, tmp_path):
     full = run_distributed(_cfg(streamed), 2, tmp_path / "full")
     first = run_distributed(_cfg(streamed, stop_after_step=4), 2, tmp_path / "first")
     positions = read_state(first.checkpoints[-1]).stream_positions

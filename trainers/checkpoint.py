@@ -204,6 +204,9 @@ def newest_good_checkpoint(latest: Path | None, run_dir: Path | None,
     if run_dir is not None and run_dir.exists():
         # Ray names checkpoint directories by time, so names sort by age.
         candidates += list_checkpoints(run_dir)[::-1]
+    # Every rank judges rank 0's list: listings of shared storage can differ between nodes for a
+    # moment (an NFS cache after a crash), and ranks must pick the same checkpoint.
+    candidates = dist_utils.gather_objects(candidates)[0]
     errors, seen = [], set()
     for candidate in candidates:
         if candidate.resolve() in seen:

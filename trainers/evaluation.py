@@ -62,12 +62,32 @@ def hidden_states(net, ids: torch.Tensor, device: torch.device, compute_dtype: t
     try:
         with autocast(device, compute_dtype):
             try:
-                net(input_ids=ids, logits_to_keep=1)
+                last = net(input_ids=ids, logits_to_keep=1).logits
             except TypeError:  # a model without `logits_to_keep`: full logits once, hidden states still used
-                net(input_ids=ids)
+                last = net(input_ids=ids).logits[:, -1:]
     finally:
         handle.remove()
-    return captured["h"], head
+    hidden = captured["h"]
+    if not _head_is_the_logits(net, head, hidden, last, device, compute_dtype):
+        with autocast(device, compute_dtype):  # the model does more after its head: use its own logits
+            return None, net(input_ids=ids).logits
+    return hidden, head
+
+
+def _head_is_the_logits(net, head, hidden, last, device, compute_dtype) -> bool:
+    """Whether the output head alone gives the model's logits, checked once per model on the last
+    position: some models scale or soft-cap logits after the head (Gemma 2/3's
+    final_logit_softcapping, Cohere's logit_scale, Granite's logits_scaling), and their losses
+    must come from their own logits."""
+    verdict = getattr(net, "_rewarm_head_is_logits", None)
+    if verdict is None:
+        with autocast(device, compute_dtype):
+            mine = head(hidden[:, -1:]).float()
+        verdict = bool(torch.allclose(mine, last.float(), rtol=1e-3, atol=1e-3))
+        if is_sharded(net):  # every rank must take the same path: each forward is collective
+            verdict = all(dist_utils.gather_objects(verdict))
+        net._rewarm_head_is_logits = verdict
+    return verdict
 
 
 def head_chunks(head, hidden: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None):

@@ -28,7 +28,7 @@ from trainers.checkpoint import (CheckpointError, TrainState, capture_rng, load_
 from trainers.config import TrialConfig
 from trainers.data import load_blocks
 from trainers.evaluation import autocast, validation_loss
-from trainers.parallel import bare, build_model, is_sharded, precision_plan
+from trainers.parallel import STORAGE_DTYPES, bare, build_model, is_sharded, precision_plan
 from trainers.objective import BaseReference, score
 from trainers.tasks import evaluate_task
 from trainers.replay import ReplayMixer, stream_positions
@@ -274,13 +274,19 @@ class Trainer:
         import shutil
 
         model = bare(self.model)
-        state_dict = None
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            state_dict = None  # save_pretrained reads the model's own
         if self.rank != 0:
             return
+        # In the storage dtype the run was loaded in (bf16 for most hub models), not the fp32 masters.
+        storage = STORAGE_DTYPES[self.cfg.dtype]
+        if state_dict is not None or any(p.dtype != storage for p in model.parameters()):
+            state_dict = {k: v.to(storage) if v.is_floating_point() else v
+                          for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
         tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers import distributed as dist_utils
+from trainers.errors import UserError
 
 Strategy = Literal["ddp", "fsdp"]
 Init = Literal["pretrained", "random"]
@@ -71,13 +72,17 @@ def bare(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+class ModelError(UserError, ValueError):
+    """The model cannot be laid out as asked (e.g. sharded); the message says what to set instead."""
+
+
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's repeated blocks, by the class names transformers marks as not to be split
     (`_no_split_modules`): the natural FSDP units of any Hugging Face causal LM."""
     names = set(getattr(model, "_no_split_modules", None) or [])
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if not blocks:
-        raise ValueError(f"{type(model).__name__}: no transformer blocks found to shard (its _no_split_modules "
+        raise ModelError(f"{type(model).__name__}: no transformer blocks found to shard (its _no_split_modules "
                          f"is {sorted(names)}); use resources.strategy: ddp")
     return blocks
 
@@ -138,7 +143,7 @@ def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, p
     full, buffers = {}, {}
     if rank == 0:
         loaded = load_weights(model_path, storage_dtype, init, seed)
-        full = {k: v.to(plan.master) for k, v in loaded.state_dict().items()}
+        full = loaded.state_dict()  # in the storage dtype; each shard is cast as it is copied in
         buffers = dict(_non_persistent_buffers(loaded))
         del loaded
     # Parameters and persistent buffers: broadcast one at a time, each rank keeping its shard.

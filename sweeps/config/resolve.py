@@ -168,10 +168,12 @@ def measure_here(resolved: ResolvedSweep, path: Path) -> BaseReference:
 
     cfg = reference_trial_config(resolved)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    same_numerics = device.type == trial_device(resolved.spec) and cfg.parallel.strategy == "ddp"
     if cfg.parallel.strategy == "fsdp":  # one process holds the whole model: measured as DDP would
         cfg = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"strategy": "ddp"})})
     reference = measure_base(cfg, device)
-    write_atomically(path, reference.model_dump_json())
+    if same_numerics:  # the cache key claims the trials' device and strategy: only then is it theirs
+        write_atomically(path, reference.model_dump_json())
     return reference
 
 

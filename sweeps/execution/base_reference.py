@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sweeps.config.resolve import ResolvedSweep, base_reference_key, reference_trial_config
 from sweeps.config.spec import SweepSpec
+from sweeps.execution.failures import raise_as_run_failure
 from sweeps.execution.trial import in_process, torch_trainer
 from trainers.objective import BaseReference
 
@@ -33,6 +34,12 @@ def on_trial_hardware(spec: SweepSpec, log=print):
     """A `measure_base` for `resolve`: measures on the cluster, as the trials will run."""
 
     def measure(unmeasured: ResolvedSweep, path: Path) -> BaseReference:
+        try:
+            return _measure(unmeasured, path)
+        except Exception as exc:  # a worker's failure arrives wrapped by Ray: one line, as for a run
+            raise_as_run_failure(exc, "measuring the base model on the trials' hardware")
+
+    def _measure(unmeasured: ResolvedSweep, path: Path) -> BaseReference:
         import ray
 
         from trainers.worker import base_reference_worker

@@ -22,29 +22,16 @@ from sweeps.config.spec import SweepSpec
 from sweeps.execution import preflight
 from sweeps.execution.base_reference import on_trial_hardware
 from sweeps.execution.cluster import init_ray
+from sweeps.execution.failures import raise_as_run_failure
 from sweeps.execution.trial import in_process, torch_trainer
 from sweeps.settings import apply_process_settings
 from sweeps.tracking.statuses import TrialStatus, trial_status
 from sweeps.tracking.store import check_reachable
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
-from trainers import ray_compat
 from trainers.checkpoint import linkable_artifacts
-from trainers.errors import UserError
 from trainers.report_point import RunStatus
 from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, REPORTS_FILE, SUMMARY_FILE, CurveLog, read_jsonl
-
-
-class RunFailed(RuntimeError):
-    """The run ended without completing (diverged, or its process kept failing); the message says why."""
-
-
-class RunInputError(RunFailed, UserError):
-    """The run failed on bad input found inside a worker (a corrupt checkpoint, unreadable data)."""
-
-
-# User errors workers raise (trainers/); Ray Train re-raises them as text, so they are told by name.
-_USER_ERRORS_IN_WORKERS = ("CheckpointError", "DataError", "TaskError")
 
 
 @dataclass
@@ -197,27 +184,8 @@ class TrackedRun:
 
 def _raise_run_error(exc: Exception, run_name: str):
     """The run's failure as RunInputError (bad input found in a worker) or RunFailed."""
-    root, cause = _root_cause(exc)
-    # A user error raised in a worker arrives as itself from a Ray task, but only as text
-    # from a Ray Train worker group: told by its class name there.
-    user_error = isinstance(root, UserError) or any(f"{name}: " in cause for name in _USER_ERRORS_IN_WORKERS)
-    if user_error:  # drop Ray's wrapper and the module path: the cause is the message
-        name = next((n for n in _USER_ERRORS_IN_WORKERS if f"{n}: " in cause), type(root).__name__)
-        raise RunInputError(f"run {run_name} failed: {cause[cause.index(f'{name}: '):]}") from exc
-    raise RunFailed(f"run {run_name} failed: {cause}") from exc
+    raise_as_run_failure(exc, f"run {run_name}")
 
 
 def read_curve(run_dir: Path) -> list[dict]:
     return CurveLog(Path(run_dir) / CURVES_FILE).read()
-
-
-def _root_cause(exc: BaseException) -> tuple[BaseException, str]:
-    """The innermost exception under Ray's wrappers, and its last line as `Type: message`."""
-    seen = exc
-    while True:
-        inner = ray_compat.unwrap_task_error(seen) or seen.__cause__
-        if inner is None:
-            break
-        seen = inner
-    text = str(seen).strip().splitlines()
-    return seen, f"{type(seen).__name__}: {text[-1] if text else ''}"
