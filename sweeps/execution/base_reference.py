@@ -4,7 +4,9 @@ Gain and forgetting are differences from the base model's losses, so both sides 
 measured in the same numerics: a CPU head node evaluating a 7B model in fp32, against trials
 in bf16 on GPUs, would mix the two. The measurement is a Ray task holding one worker's
 CPUs/GPUs (single-worker trials) or a Ray Train worker group shaped like a trial's (several
-workers, DDP or FSDP); it is cached by `sweeps/config/resolve.py: base_reference_key`.
+workers, DDP or FSDP); it is cached by `sweeps/config/resolve.py: base_reference_key`. CPU
+trials under DDP compute in fp32 exactly as a CPU driver does, so a driver without a GPU
+measures those itself (a worker group would cost ~20 s to start and give the same numbers).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweeps.config.resolve import ResolvedSweep, base_reference_key, reference_trial_config
+from sweeps.config.resolve import (ResolvedSweep, base_reference_key, measure_here, reference_trial_config,
+                                   trial_device)
 from sweeps.config.spec import SweepSpec
 from sweeps.execution.failures import raise_as_run_failure
 from sweeps.execution.trial import in_process, torch_trainer
@@ -28,6 +31,12 @@ def _measure_task(trial_json: str, use_gpu: bool, out: str) -> None:
     cfg = TrialConfig.model_validate_json(trial_json)
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     write_atomically(Path(out), measure_base(cfg, device).model_dump_json())
+
+
+def _driver_has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def on_trial_hardware(spec: SweepSpec, log=print):
@@ -46,6 +55,9 @@ def on_trial_hardware(spec: SweepSpec, log=print):
 
         cfg = reference_trial_config(unmeasured)
         res = spec.resources
+        if trial_device(spec) == "cpu" and res.strategy == "ddp" and not _driver_has_gpu():
+            # CPU trials compute in fp32 like this process: the same numbers, without a worker's start.
+            return measure_here(unmeasured, path)
         log(f"[rewarm] measuring the base model on the trials' hardware ({res.workers_per_trial} x "
             f"{'GPU' if res.gpus_per_worker else 'CPU'} worker, {res.strategy}, precision {res.precision})")
         if in_process(spec):
