@@ -57,6 +57,8 @@ def fingerprint(spec) -> str:
     dump["training"].pop("task_eval_every_tokens", None)
     from trainers.parallel import ParallelConfig
 
+    if spec.search_space.algorithm is None:
+        dump["search_space"].pop("algorithm", None)  # the ground truth is a grid of its own (grid_configs)
     if spec.model.init == "pretrained":
         dump["model"].pop("init", None)  # the default: how the ground truth was trained
     if spec.resources.parallel() == ParallelConfig() and "resources" in dump:
