@@ -258,3 +258,35 @@ def test_a_model_that_scales_its_logits_after_the_head_is_evaluated_on_its_own_l
         logits = model(input_ids=ids).logits
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)).item()
     assert validation_loss(model, blocks, 4, torch.device("cpu")) == pytest.approx(expected, abs=1e-5)
+
+
+def _load_rank(rank, world, model_path, out):
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29564")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = build_model(model_path, "float32", ParallelConfig(strategy="fsdp"), torch.device("cpu"))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save({"loaded_by": model._rewarm_loaded_by, "state": full,
+                    "inv_freq": model.gpt_neox.rotary_emb.inv_freq.clone()}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_read_only_their_own_rows_and_get_the_pretrained_weights(toy_world, tmp_path):
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "loaded.pt"
+    mp.spawn(_load_rank, args=(2, str(toy_world.model), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    assert got["loaded_by"] == "own shards"  # no rank held the whole model
+    reference = AutoModelForCausalLM.from_pretrained(toy_world.model)
+    expected = reference.state_dict()
+    assert set(got["state"]) == set(expected)
+    assert all(torch.equal(got["state"][k], expected[k]) for k in expected)
+    assert torch.equal(got["inv_freq"], reference.gpt_neox.rotary_emb.inv_freq)

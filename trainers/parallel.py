@@ -4,10 +4,12 @@
   for models whose fp32 weights plus AdamW states (~16 bytes per parameter) fit one device.
 - **fsdp**: `torch.distributed.fsdp.fully_shard` (FSDP2) on every transformer block and the
   root: each rank holds 1/world of the weights, gradients and optimizer states. Ranks build
-  the model on the meta device; rank 0 alone reads the checkpoint (into CPU memory, in its
-  storage dtype) and each parameter is broadcast and sharded in turn, so the other ranks
-  never hold more than their shards plus one parameter in flight (FSDP2's
-  `broadcast_from_rank0`, as torchtitan and Accelerate's `cpu_ram_efficient_loading` do).
+  the model on the meta device and each reads only its own rows of every weight from the
+  memory-mapped safetensors files. Where transformers does more than rename keys while
+  loading (merged or split tensors), or the weights are not in safetensors, rank 0 alone
+  loads the model (into CPU memory, in its storage dtype) and each parameter is broadcast
+  and sharded in turn (FSDP2's `broadcast_from_rank0`, as torchtitan and Accelerate's
+  `cpu_ram_efficient_loading` do).
 
 Precision is one word (`precision_plan` is the pure table of what it means): master weights
 and optimizer states stay fp32 unless `bf16-pure` is asked for by name, because bf16 weights
@@ -24,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainers import distributed as dist_utils
+from trainers import hf_compat
 from trainers.errors import UserError
 
 Strategy = Literal["ddp", "fsdp"]
@@ -132,6 +135,7 @@ def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, p
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=plan.master)
+    own_shards = _own_shard_plan(model, model_path) if init == "pretrained" else None
     if parallel.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mesh = init_device_mesh(device.type, (world,))
@@ -140,6 +144,12 @@ def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, p
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     model.to_empty(device=device)
+    if own_shards is not None:
+        hf_compat.init_non_persistent_buffers(model)
+        _load_own_shards(model, *own_shards, rank, world)
+        model._rewarm_loaded_by = "own shards"
+        return model
+    model._rewarm_loaded_by = "rank 0 broadcast"
     full, buffers = {}, {}
     if rank == 0:
         loaded = load_weights(model_path, storage_dtype, init, seed)
@@ -156,6 +166,44 @@ def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, p
         if world > 1:
             torch.distributed.broadcast(buffer, src=0)
     return model
+
+
+def _own_shard_plan(model, model_path: str):
+    """(key map, file index) when each rank can read its own rows of every weight from the
+    safetensors files (transformers only renames this model's keys, and every key is in the
+    files); None otherwise (tensor conversions, tied weights absent from the files, .bin)."""
+    key_map = hf_compat.checkpoint_key_map(model)
+    files = hf_compat.safetensors_index(model_path) if key_map is not None else None
+    if files is None or any(key not in files for key in key_map.values()):
+        return None
+    return key_map, files
+
+
+@torch.no_grad()
+def _load_own_shards(model, key_map: dict[str, str], files: dict, rank: int, world: int) -> None:
+    """Each rank reads only its rows of each weight (FSDP2 shards dim 0 as torch.chunk does) from
+    the memory-mapped safetensors files, cast into its fp32 (or bf16) shard."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, Shard
+
+    state = model.state_dict()  # sharded DTensors sharing the parameters' storage
+    by_file: dict = {}
+    for key in state:
+        by_file.setdefault(files[key_map[key]], []).append(key)
+    for path, keys in by_file.items():
+        with safe_open(str(path), "pt", device="cpu") as f:
+            for key in keys:
+                target, rows = state[key], f.get_slice(key_map[key])
+                if not isinstance(target, DTensor):
+                    target.copy_(rows[:])
+                    continue
+                if tuple(target.placements) != (Shard(0),):
+                    raise ModelError(f"{key}: sharded as {target.placements}, expected Shard(0)")
+                n = target.shape[0]
+                chunk = -(-n // world)
+                start, stop = min(rank * chunk, n), min((rank + 1) * chunk, n)
+                if stop > start:
+                    target.to_local()[:stop - start].copy_(rows[start:stop])
 
 
 def _non_persistent_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

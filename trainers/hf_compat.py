@@ -1,0 +1,63 @@
+"""Every transformers internal Rewarm relies on, in one place, each with a canary test
+(tests/test_hf_compat.py): when transformers changes one, the canary names it.
+
+- `checkpoint_key_map`: which safetensors key holds each model parameter. transformers 5
+  renames keys while loading (`conversion_mapping.py`: GPT-NeoX's `embed_out` is the model's
+  `lm_head`); its `revert_weight_conversion` (what `save_pretrained` uses) is run on probe
+  tensors, and the map is returned only when every key maps one to one (pure renames).
+  Models whose loading also merges or splits tensors get None.
+- `init_non_persistent_buffers`: buffers in no state dict (rotary frequencies), computed by
+  the model's own `_init_weights` on the modules that own them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def checkpoint_key_map(model) -> dict[str, str] | None:
+    """{model state-dict key: checkpoint key} when loading renames keys only, else None."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    keys = list(model.state_dict().keys())
+    probe = {k: torch.full((1,), float(i)) for i, k in enumerate(keys)}
+    reverted = revert_weight_conversion(model, dict(probe))
+    out = {}
+    for checkpoint_key, tensor in reverted.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != (1,):
+            return None  # a converter merged or split tensors
+        index = int(tensor.item())
+        if not 0 <= index < len(keys) or keys[index] in out:
+            return None
+        out[keys[index]] = checkpoint_key
+    return out if len(out) == len(keys) else None
+
+
+def init_non_persistent_buffers(model) -> None:
+    for module in model.modules():
+        if any(name in module._non_persistent_buffers_set for name, _ in module.named_buffers(recurse=False)):
+            model._init_weights(module)
+
+
+def safetensors_index(model_path: str) -> dict[str, Path] | None:
+    """{checkpoint key: its .safetensors file} of a local model directory (or a hub model's
+    files, fetched once per node), None when the weights are not in safetensors."""
+    from safetensors import safe_open
+
+    root = Path(model_path)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(model_path, allow_patterns=["*.safetensors", "*.json"]))
+    index = root / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {key: root / name for key, name in weight_map.items()}
+    single = root / "model.safetensors"
+    if not single.exists():
+        return None
+    with safe_open(str(single), "pt") as f:
+        return {key: single for key in f.keys()}
