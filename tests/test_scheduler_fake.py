@@ -58,23 +58,30 @@ def test_default_grace_covers_longest_warmup_plus_recovery():
     assert g >= 0.3 * 100 * 512 and g % EVAL == 0 and g - EVAL < 0.3 * 100 * 512
 
 
-def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_path):
+def _searched_fake_sweep(spec, tmp_path, evals: int):
+    """The spec's own searcher over the scripted CPT trade-off on real Tune: (searcher, results)."""
     from sweeps.execution.fake_trainable import fake_cpt_trainable
     from sweeps.execution.search import make_searcher
+
+    searcher = make_searcher(spec, spec.knob_params())
+    tuner = tune.Tuner(
+        tune.with_parameters(fake_cpt_trainable),
+        param_space={"evals": evals, "tokens_per_eval": EVAL},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.num_trials,
+                                    max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
+    )
+    return searcher, tuner.fit()
+
+
+def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_path):
 
     spec = small_spec(objective={"kind": "pareto"}, budget={"num_trials": 8, "tokens_per_trial": N_EVALS * EVAL},
                       search_space={"name": "default", "params": {"warmup_frac": 0.01, "schedule": "cosine",
                                                                   "max_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
                                                                   "replay_ratio": {"type": "uniform", "low": 0.0, "high": 0.5}}},
                       scheduler={"kind": "none"})
-    searcher = make_searcher(spec, spec.knob_params())
-    tuner = tune.Tuner(
-        tune.with_parameters(fake_cpt_trainable),
-        param_space={"evals": 3, "tokens_per_eval": EVAL},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=8, max_concurrent_trials=1, reuse_actors=True),
-        run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
-    )
-    results = tuner.fit()
+    searcher, results = _searched_fake_sweep(spec, tmp_path, evals=3)
     assert len(results) == 8 and not results.errors
     study = searcher._ot_study  # the Optuna study behind OptunaSearch
     assert type(study.sampler).__name__ == "NSGAIISampler"
@@ -86,21 +93,11 @@ def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_
 def test_grid_search_runs_each_point_once_on_real_tune(local_ray, tmp_path):
     """search_space.algorithm: grid, with trials run two at a time: every point of the choice
     lists exactly once (issue #15), through Ray Tune and Optuna's GridSampler."""
-    from sweeps.execution.fake_trainable import fake_cpt_trainable
-    from sweeps.execution.search import make_searcher
-
     grid = {"warmup_frac": 0.01, "schedule": "cosine", "max_lr": [1e-4, 1e-3, 1e-2], "replay_ratio": [0.0, 0.25]}
     spec = small_spec(budget={"num_trials": 6, "tokens_per_trial": N_EVALS * EVAL, "max_concurrent": 2},
                       search_space={"name": "default", "params": grid, "algorithm": "grid"},
                       scheduler={"kind": "none"})
-    searcher = make_searcher(spec, spec.knob_params())
-    tuner = tune.Tuner(
-        tune.with_parameters(fake_cpt_trainable),
-        param_space={"evals": 2, "tokens_per_eval": EVAL},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=6, max_concurrent_trials=2, reuse_actors=True),
-        run_config=tune.RunConfig(verbose=0, storage_path=str(tmp_path)),
-    )
-    results = tuner.fit()
+    _, results = _searched_fake_sweep(spec, tmp_path, evals=2)
     assert len(results) == 6 and not results.errors
     points = sorted((r.config["max_lr"], r.config["replay_ratio"]) for r in results)
     assert points == sorted((lr, rr) for lr in grid["max_lr"] for rr in grid["replay_ratio"])
