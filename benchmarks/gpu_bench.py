@@ -145,7 +145,9 @@ def main() -> None:
     import torch.distributed as dist
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29571")
+    from trainers.local import free_port
+
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     dist.init_process_group(backend, rank=0, world_size=1)  # FSDP needs a process group, even of one
     out = {"gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else "none (smoke run on CPU)", "shape": SHAPE, "seq_len": SEQ, "micro_batch": args.micro,
            "accumulation": args.accum, "peak_tflops": args.peak_tflops, "precision": precision,

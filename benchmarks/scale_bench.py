@@ -175,11 +175,13 @@ def case_checkpoint_sharded(directory: str) -> dict:
     model_dir = Path(directory) / "model410m"
     _gpt_neox(50304, **PYTHIA_410M).save_pretrained(model_dir)
     out = Path(directory) / "sharded.json"
-    mp.spawn(_sharded_rank, args=(2, str(model_dir), directory, str(out)), nprocs=2, join=True)
+    from trainers.local import free_port
+
+    mp.spawn(_sharded_rank, args=(2, str(model_dir), directory, str(out), free_port()), nprocs=2, join=True)
     return json.loads(out.read_text())
 
 
-def _sharded_rank(rank: int, world: int, model_dir: str, directory: str, out: str) -> None:
+def _sharded_rank(rank: int, world: int, model_dir: str, directory: str, out: str, port: int) -> None:
     import torch
     import torch.distributed as dist
 
@@ -187,7 +189,7 @@ def _sharded_rank(rank: int, world: int, model_dir: str, directory: str, out: st
                                      save_sharded_checkpoint)
     from trainers.parallel import ParallelConfig, build_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29581")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = build_model(model_dir, "float32", ParallelConfig(strategy="fsdp"), torch.device("cpu"))

@@ -119,7 +119,7 @@ def test_resume_with_another_world_size_or_strategy_is_refused(resolved_small, t
     with pytest.raises(CheckpointError, match="written by 2 workers and cannot resume on 1"):
         run_in_process(_cfg(resolved_small), resume_from=ckpt)
     with pytest.raises(Exception, match="resources.strategy that wrote it"):
-        run_distributed(_cfg(resolved_small, {"strategy": "fsdp"}), 2, resume_from=ckpt, port=29562)
+        run_distributed(_cfg(resolved_small, {"strategy": "fsdp"}), 2, resume_from=ckpt)
 
 
 @pytest.mark.slow
@@ -205,7 +205,7 @@ def test_bf16_mixed_precision_tracks_fp32_under_fsdp_and_ddp(resolved_small):
     within 0.003 nats on the toy model)."""
     fp32 = run_in_process(_cfg(resolved_small))
     fsdp = run_distributed(_cfg(resolved_small, {"strategy": "fsdp", "precision": "bf16-mixed"}), 2)
-    ddp = run_distributed(_cfg(resolved_small, {"strategy": "ddp", "precision": "bf16-mixed"}), 2, port=29563)
+    ddp = run_distributed(_cfg(resolved_small, {"strategy": "ddp", "precision": "bf16-mixed"}), 2)
     for a, b, c in zip(fp32.steps, fsdp.steps, ddp.steps, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=0.02) and c["loss"] == pytest.approx(a["loss"], abs=0.02)
     assert fsdp.steps[-1]["loss"] != fp32.steps[-1]["loss"]  # both really computed in bf16
@@ -260,13 +260,13 @@ def test_a_model_that_scales_its_logits_after_the_head_is_evaluated_on_its_own_l
     assert validation_loss(model, blocks, 4, torch.device("cpu")) == pytest.approx(expected, abs=1e-5)
 
 
-def _load_rank(rank, world, model_path, out):
+def _load_rank(rank, world, model_path, out, port):
     import os
 
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29564")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model = build_model(model_path, "float32", ParallelConfig(strategy="fsdp"), torch.device("cpu"))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -282,7 +282,9 @@ def test_fsdp_ranks_read_only_their_own_rows_and_get_the_pretrained_weights(toy_
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "loaded.pt"
-    mp.spawn(_load_rank, args=(2, str(toy_world.model), str(out)), nprocs=2, join=True)
+    from trainers.local import free_port
+
+    mp.spawn(_load_rank, args=(2, str(toy_world.model), str(out), free_port()), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
     assert got["loaded_by"] == "own shards"  # no rank held the whole model
     reference = AutoModelForCausalLM.from_pretrained(toy_world.model)

@@ -46,14 +46,26 @@ def run_in_process(cfg: TrialConfig, checkpoint_root: Path | None = None, resume
     return reporter
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, for a process group's rendezvous (a fixed port
+    collides with any other run on the machine using it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_distributed(cfg: TrialConfig, world: int, checkpoint_root: Path | None = None,
-                    resume_from: Path | None = None, port: int = 29561) -> CollectingReporter:
+                    resume_from: Path | None = None) -> CollectingReporter:
     """The loop on `world` CPU processes (gloo), without Ray: what tests use to compare DDP,
     FSDP and one worker, and to resume across strategies. Returns rank 0's reports."""
     import json
     import tempfile
 
     import torch.multiprocessing as mp
+
+    port = free_port()
 
     out = Path(tempfile.mkdtemp(prefix="rewarm-dist-")) / "rank0.json"
     mp.spawn(_distributed_rank, args=(world, cfg.model_dump_json(), str(checkpoint_root) if checkpoint_root else None,
