@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from trainers import distributed as dist_utils
 from trainers.errors import UserError
-from trainers.parallel import is_sharded
+from trainers.parallel import bare, is_sharded
 from trainers.replay import ReplayState
 from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX, list_checkpoints
 
@@ -91,16 +91,17 @@ def _python_rng_from_tensor(d):
     return d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"]
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def _entry(path: Path) -> dict:
     return {"sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
+def _partial(directory: Path) -> Path:
+    """Where a checkpoint is written before its rename."""
+    return directory.with_name(directory.name + PARTIAL_SUFFIX)
+
+
 def _fresh_partial(directory: Path) -> Path:
-    tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
+    tmp = _partial(directory)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -121,7 +122,7 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_pe
     last). Called by rank 0 only (DDP ranks hold identical weights)."""
     directory = Path(directory)
     tmp = _fresh_partial(directory)
-    weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    weights = {k: v.detach().contiguous().cpu() for k, v in bare(model).state_dict().items()}
     # Tied weights share storage; safetensors refuses shared tensors, so clone them.
     save_file({k: v.clone() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -140,7 +141,7 @@ def save_sharded_checkpoint(directory: Path, model, optimizer, state: TrainState
 
     directory = Path(directory)
     rank = dist.get_rank()
-    tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
+    tmp = _partial(directory)
     if rank == 0:
         _fresh_partial(directory)
     dist.barrier()
@@ -269,7 +270,7 @@ def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.
         set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
     else:
         weights = load_file(str(directory / "model.safetensors"), device=str(device))
-        missing, unexpected = _unwrap(model).load_state_dict(weights, strict=False)
+        missing, unexpected = bare(model).load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if not k.endswith("masked_bias") and not k.endswith(".bias_mask")]:
             raise CheckpointError(f"checkpoint {directory}: weights do not match the model "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

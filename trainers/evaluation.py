@@ -49,14 +49,15 @@ def evaluating(model):
             net.train()
 
 
-def hidden_states(net, ids: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None):
-    """(final hidden states [B, T, H], output head) of a Hugging Face causal LM, computing logits
-    for one position only; (None, full logits) for any other model."""
+def _forward(net, ids: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None):
+    """(final hidden states [B, T, H], output head, None) of a Hugging Face causal LM whose head
+    alone gives its logits, computing logits for one position only; (None, None, full logits
+    [B, T, V]) for any other model."""
     head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
     decoder = getattr(net, "base_model", None)
-    if head is None or decoder is None or decoder is net:
+    if head is None or decoder is None or decoder is net or getattr(net, "_rewarm_head_is_logits", True) is False:
         with autocast(device, compute_dtype):
-            return None, net(input_ids=ids).logits
+            return None, None, net(input_ids=ids).logits
     captured = {}
     handle = decoder.register_forward_hook(lambda module, args, out: captured.__setitem__("h", out[0]))
     try:
@@ -69,9 +70,8 @@ def hidden_states(net, ids: torch.Tensor, device: torch.device, compute_dtype: t
         handle.remove()
     hidden = captured["h"]
     if not _head_is_the_logits(net, head, hidden, last, device, compute_dtype):
-        with autocast(device, compute_dtype):  # the model does more after its head: use its own logits
-            return None, net(input_ids=ids).logits
-    return hidden, head
+        return _forward(net, ids, device, compute_dtype)  # the model does more after its head
+    return hidden, head, None
 
 
 def _head_is_the_logits(net, head, hidden, last, device, compute_dtype) -> bool:
@@ -90,26 +90,27 @@ def _head_is_the_logits(net, head, hidden, last, device, compute_dtype) -> bool:
     return verdict
 
 
-def head_chunks(head, hidden: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None):
-    """Yield (start, fp32 logits) of `hidden` [N, H] in chunks of at most LOGIT_CHUNK_ELEMENTS logits."""
-    vocab = head.weight.shape[0]
-    step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
-    for start in range(0, hidden.shape[0], step):
+def selected_logits(net, ids: torch.Tensor, select, device: torch.device, compute_dtype: torch.dtype | None):
+    """Yield (start, fp32 logits [n, V]) for the positions `select` picks from a [B, T, ...]
+    tensor (as a flat [N, ...]), at most LOGIT_CHUNK_ELEMENTS logits at a time where the
+    model's head can be applied on its own."""
+    hidden, head, logits = _forward(net, ids, device, compute_dtype)
+    if logits is not None:
+        yield 0, select(logits).float()
+        return
+    picked = select(hidden)
+    step = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+    for start in range(0, picked.shape[0], step):
         with autocast(device, compute_dtype):
-            logits = head(hidden[start:start + step])
-        yield start, logits.float()
+            chunk = head(picked[start:start + step])
+        yield start, chunk.float()
 
 
 def next_token_loss_sum(net, ids: torch.Tensor, device: torch.device, compute_dtype: torch.dtype | None) -> torch.Tensor:
     """Summed next-token cross-entropy (fp64 scalar) of `ids` [B, T]."""
     targets = ids[:, 1:].reshape(-1)
-    hidden, head = hidden_states(net, ids, device, compute_dtype)
-    if hidden is None:  # head holds the full logits
-        logits = head[:, :-1].reshape(-1, head.size(-1)).float()
-        return F.cross_entropy(logits, targets, reduction="sum").double()
-    flat = hidden[:, :-1].reshape(-1, hidden.size(-1))
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for start, logits in head_chunks(head, flat, device, compute_dtype):
+    for start, logits in selected_logits(net, ids, lambda t: t[:, :-1].reshape(-1, t.size(-1)), device, compute_dtype):
         total += F.cross_entropy(logits, targets[start:start + logits.shape[0]], reduction="sum").double()
     return total
 

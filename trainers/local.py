@@ -66,7 +66,6 @@ def run_distributed(cfg: TrialConfig, world: int, checkpoint_root: Path | None =
     import torch.multiprocessing as mp
 
     port = free_port()
-
     out = Path(tempfile.mkdtemp(prefix="rewarm-dist-")) / "rank0.json"
     mp.spawn(_distributed_rank, args=(world, cfg.model_dump_json(), str(checkpoint_root) if checkpoint_root else None,
                                       str(resume_from) if resume_from else None, port, str(out)),
@@ -82,7 +81,7 @@ def _distributed_rank(rank: int, world: int, cfg_json: str, checkpoint_root: str
 
     import torch.distributed as dist
 
-    from trainers.checkpoint import newest_good_checkpoint
+    from trainers.worker import pick_checkpoint
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -92,11 +91,7 @@ def _distributed_rank(rank: int, world: int, cfg_json: str, checkpoint_root: str
         device = torch.device("cpu")
         reporter = CollectingReporter(Path(checkpoint_root) if checkpoint_root else None)
         model = load_model(cfg, device)
-        found = None
-        if resume_from:
-            found, errors = newest_good_checkpoint(Path(resume_from), None)
-            if found is None:
-                raise RuntimeError(errors[0])
+        found = pick_checkpoint(Path(resume_from), None) if resume_from else None
         Trainer(cfg, model, device, reporter, resume_from=found, resume_verified=True).run()
         if rank == 0:
             Path(out).write_text(json.dumps({"reports": reporter.reports, "steps": reporter.steps,

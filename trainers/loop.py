@@ -60,8 +60,7 @@ class Trainer:
         self.accum = self.per_rank // loop.micro_batch_size
         self.sharded = is_sharded(model)
         # Under FSDP the mixed-precision policy casts weights in flight; under DDP autocast does.
-        self.compute_dtype = precision_plan(cfg.parallel.precision, device.type).compute
-        self.autocast_dtype = None if self.sharded else self.compute_dtype
+        self.autocast_dtype = None if self.sharded else precision_plan(cfg.parallel.precision, device.type).compute
         self.optimizer = _adamw(model, cfg)
         self.val_up = load_blocks(cfg.upstream.val)
         self.val_down = load_blocks(cfg.downstream.val)
@@ -274,19 +273,21 @@ class Trainer:
         import shutil
 
         model = bare(self.model)
+        # Written in the storage dtype the run was loaded in (bf16 for most hub models), not the
+        # fp32 masters; None lets save_pretrained read the model's own weights, already in it.
+        storage = STORAGE_DTYPES[self.cfg.dtype]
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        elif any(p.dtype != storage for p in model.parameters()):
+            state_dict = model.state_dict()
         else:
-            state_dict = None  # save_pretrained reads the model's own
+            state_dict = None
         if self.rank != 0:
             return
-        # In the storage dtype the run was loaded in (bf16 for most hub models), not the fp32 masters.
-        storage = STORAGE_DTYPES[self.cfg.dtype]
-        if state_dict is not None or any(p.dtype != storage for p in model.parameters()):
-            state_dict = {k: v.to(storage) if v.is_floating_point() else v
-                          for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
+        if state_dict is not None:
+            state_dict = {k: v.to(storage) if v.is_floating_point() else v for k, v in state_dict.items()}
         tmp = directory.with_name(directory.name + PARTIAL_SUFFIX)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)

@@ -144,27 +144,19 @@ def _fsdp_model(model_path: str, storage_dtype: str, parallel: ParallelConfig, p
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     model.to_empty(device=device)
+    # Non-persistent buffers (rotary frequencies) are in no checkpoint: every rank computes them.
+    hf_compat.init_non_persistent_buffers(model)
     if own_shards is not None:
-        hf_compat.init_non_persistent_buffers(model)
         _load_own_shards(model, *own_shards, rank, world)
         model._rewarm_loaded_by = "own shards"
         return model
     model._rewarm_loaded_by = "rank 0 broadcast"
-    full, buffers = {}, {}
+    full = {}
     if rank == 0:
-        loaded = load_weights(model_path, storage_dtype, init, seed)
-        full = loaded.state_dict()  # in the storage dtype; each shard is cast as it is copied in
-        buffers = dict(_non_persistent_buffers(loaded))
-        del loaded
+        # In the storage dtype; each shard is cast as it is copied in.
+        full = load_weights(model_path, storage_dtype, init, seed).state_dict()
     # Parameters and persistent buffers: broadcast one at a time, each rank keeping its shard.
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del full
-    # Non-persistent buffers (rotary frequencies) are in no state dict: rank 0 sends its own.
-    for name, buffer in _non_persistent_buffers(model):
-        if rank == 0:
-            buffer.copy_(buffers[name])  # copy_ casts to the buffer's own dtype
-        if world > 1:
-            torch.distributed.broadcast(buffer, src=0)
     return model
 
 
@@ -204,12 +196,3 @@ def _load_own_shards(model, key_map: dict[str, str], files: dict, rank: int, wor
                 start, stop = min(rank * chunk, n), min((rank + 1) * chunk, n)
                 if stop > start:
                     target.to_local()[:stop - start].copy_(rows[start:stop])
-
-
-def _non_persistent_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    out = []
-    for module_name, module in model.named_modules():
-        for name, buffer in module.named_buffers(recurse=False):
-            if name in module._non_persistent_buffers_set:
-                out.append((f"{module_name}.{name}" if module_name else name, buffer))
-    return out

@@ -108,8 +108,7 @@ class ReplayMixer:
                 continue
             index = np.empty(self.batch_size, dtype=np.int64)
             index[is_up == flag] = order.take(consumed, n)  # block index in its own domain
-            for slot in slots:
-                tokens[slot] = blocks[index[mine[slot]]]
+            tokens[slots] = blocks[index[mine[slots]]]  # reads only these rows of the memory map
         s.steps += 1
         s.upstream_consumed += n_up
         s.downstream_consumed += n_down

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainers import distributed as dist_utils
 from trainers.errors import UserError
-from trainers.evaluation import evaluating, forward_rounds, head_chunks, hidden_states
+from trainers.evaluation import evaluating, forward_rounds, selected_logits
 from trainers.parallel import is_sharded
 
 
@@ -148,13 +148,9 @@ def batch_log_likelihoods(model, items: list[tuple[list[int], list[list[int]]]],
         owner += [i] * len(c)
     rows_t, pos_t = torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device)
     tokens_t = torch.as_tensor(tokens, device=device)
-    hidden, head = hidden_states(model, ids, device, compute_dtype)
-    if hidden is None:  # head holds the full logits
-        token_logp = F.log_softmax(head[rows_t, pos_t].float(), dim=-1).gather(1, tokens_t[:, None])[:, 0]
-    else:
-        picked = hidden[rows_t, pos_t]
-        token_logp = torch.cat([F.log_softmax(logits, dim=-1).gather(1, tokens_t[start:start + len(logits), None])[:, 0]
-                                for start, logits in head_chunks(head, picked, device, compute_dtype)])
+    token_logp = torch.cat([F.log_softmax(logits, dim=-1).gather(1, tokens_t[start:start + len(logits), None])[:, 0]
+                            for start, logits in selected_logits(model, ids, lambda t: t[rows_t, pos_t], device,
+                                                                 compute_dtype)])
     flat = torch.zeros(len(seqs), dtype=torch.float64, device=device)
     flat.index_add_(0, torch.as_tensor(owner, device=device), token_logp.double())
     flat = flat.tolist()

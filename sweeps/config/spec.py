@@ -309,14 +309,16 @@ class SweepSpec(_Spec):
             raise ValueError("search_space.algorithm: nsga2 searches a Pareto front; use it with objective.kind: pareto")
         if algorithm != "grid":
             return
-        for knob, p in self.knob_params().items():
+        params = self.knob_params()
+        for knob, p in params.items():
             if not isinstance(p, (Fixed, Choice)):
                 raise ValueError(f"search_space.params.{knob}: a grid needs a value or a list of values, not "
                                  f"{p.describe()} (continuous); give a list, or use algorithm tpe or random")
-        if self.budget.num_trials != self.grid_points():
-            sizes = " x ".join(f"{len(p.values)} {k}" for k, p in self.knob_params().items() if isinstance(p, Choice))
+        points = self.grid_points()
+        if self.budget.num_trials != points:
+            sizes = " x ".join(f"{len(p.values)} {k}" for k, p in params.items() if isinstance(p, Choice))
             raise ValueError(f"budget.num_trials ({self.budget.num_trials}) must equal the grid's size "
-                             f"({sizes or '1 point'} = {self.grid_points()}): a grid runs every point exactly once")
+                             f"({sizes or '1 point'} = {points}): a grid runs every point exactly once")
 
     def knob_params(self) -> dict:
         space = search_spaces.get(self.search_space.name)

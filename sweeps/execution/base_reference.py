@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweeps.config.resolve import (ResolvedSweep, base_reference_key, measure_here, reference_trial_config,
-                                   trial_device)
+from sweeps.config.resolve import ResolvedSweep, measure_here, reference_trial_config, trial_device
 from sweeps.config.spec import SweepSpec
 from sweeps.execution.failures import raise_as_run_failure
 from sweeps.execution.trial import in_process, torch_trainer
@@ -53,11 +52,11 @@ def on_trial_hardware(spec: SweepSpec, log=print):
 
         from trainers.worker import base_reference_worker
 
-        cfg = reference_trial_config(unmeasured)
         res = spec.resources
         if trial_device(spec) == "cpu" and res.strategy == "ddp" and not _driver_has_gpu():
             # CPU trials compute in fp32 like this process: the same numbers, without a worker's start.
             return measure_here(unmeasured, path)
+        cfg = reference_trial_config(unmeasured)
         log(f"[rewarm] measuring the base model on the trials' hardware ({res.workers_per_trial} x "
             f"{'GPU' if res.gpus_per_worker else 'CPU'} worker, {res.strategy}, precision {res.precision})")
         if in_process(spec):
@@ -65,7 +64,7 @@ def on_trial_hardware(spec: SweepSpec, log=print):
             ray.get(task.remote(cfg.model_dump_json(), res.gpus_per_worker > 0, str(path)))
         else:
             storage = path.parent / "worker_groups"
-            torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name=f"base-{base_reference_key(unmeasured)}",
+            torch_trainer(json.loads(cfg.model_dump_json()), spec, run_name=f"base-{path.stem}",  # the cache key
                           storage=str(storage), worker_fn=base_reference_worker, out=str(path)).fit()
         return BaseReference.model_validate_json(path.read_text())
 
