@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--experiment", help="MLflow experiment (default: search all)")
 
+    p = sub.add_parser("reproduce", help="run a paper's experiments as sweeps on the embedded world and report "
+                                         "which of its findings hold (sweeps/reproduce/)")
+    p.add_argument("paper", help="gupta2023, ibrahim2024, du2024 or all")
+    p.add_argument("--out", default="reports/reproduce", help="directory for report.html, findings.json and the PNGs")
+    p.add_argument("--name", default="reproduce", help="prefix of the sweeps' names (<name>-<experiment>); the same "
+                                                      "name again reuses finished sweeps and resumes unfinished ones")
+    p.add_argument("--tokens-per-trial", type=int, metavar="N", help="every trial's budget (default: the base spec's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the base spec (sweeps/specs/reproduce.yaml) by dotted path; repeatable")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+
     p = sub.add_parser("ui", help="print (or run) the MLflow UI command for the sweep's store")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--port", type=int, default=5000)
@@ -155,6 +166,8 @@ def _dispatch(args) -> int:
         return _importance(args)
     if args.command == "ui":
         return _ui(args)
+    if args.command == "reproduce":
+        return _reproduce(args)
     if args.command == "resume":
         from sweeps.config.loading import load_sweep_spec
 
@@ -276,6 +289,22 @@ def _report(args) -> int:
     uri = default_tracking_uri(args.tracking_uri)
     page = write_report(open_client(uri), args.sweep, Path(args.out), args.experiment, tracking_uri=uri)
     print(f"[rewarm] report: {page.resolve()}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from sweeps.reproduce.page import markdown_table, verdict
+    from pathlib import Path
+
+    from sweeps.reproduce.runner import reproduce
+
+    out = Path(args.out)
+    findings = reproduce(args.paper, out, prefix=args.name, tokens_per_trial=args.tokens_per_trial,
+                         overrides=args.overrides, address=args.address)
+    print(markdown_table(findings), end="")
+    print(f"[rewarm] {sum(f.holds is True for f in findings)} of {len(findings)} findings hold "
+          f"({', '.join(f'{f.id}: {verdict(f)}' for f in findings if f.holds is not True) or 'all'}); "
+          f"report: {out / 'report.html'}")
     return 0
 
 

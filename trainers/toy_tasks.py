@@ -48,17 +48,8 @@ def _walk(lang, topic: int, rng, words: int) -> list[int]:
     """A word-id sequence of the language in one topic (sentences joined as in the corpus)."""
     out: list[int] = []
     while len(out) < words:
-        w = int(lang.starts[topic, rng.integers(lang.starts.shape[1])])
-        out.append(w)
-        for _ in range(rng.integers(4, 12)):
-            w = int(lang.succ[topic, w, rng.choice(lang.succ.shape[2], p=lang.weights)])
-            out.append(w)
-        out.append(-1)  # sentence end "."
+        out += lang.sentence(topic, rng) + [-1]  # -1: the sentence end "."
     return out[:words]
-
-
-def _text(lang, ids: list[int]) -> str:
-    return " ".join("." if i < 0 else lang.words[i] for i in ids)
 
 
 def _next_word(upstream, lang, rng) -> TaskExample | None:
@@ -66,8 +57,8 @@ def _next_word(upstream, lang, rng) -> TaskExample | None:
     ids = _walk(lang, topic, rng, CONTEXT_WORDS + 1)
     *context, target = ids
     last = context[-1]
-    if target < 0 or last < 0:
-        return None
+    if target < 0 or last < 0 or target not in lang.succ[topic, last]:
+        return None  # a sentence end, or a noise word rather than the grammar's continuation
     followers = set(lang.succ[:, last, :].ravel().tolist())
     pool = [w for w in range(len(lang.words)) if w not in followers]
     if len(pool) < 3:
@@ -93,4 +84,4 @@ def _example(lang, context: list[int], candidates: list[int], rng) -> TaskExampl
     """Shuffle the candidates (the first is correct) into a TaskExample."""
     order = rng.permutation(len(candidates))
     choices = [" " + lang.words[candidates[i]] for i in order]
-    return TaskExample(prompt=_text(lang, context), choices=choices, answer=int(np.flatnonzero(order == 0)[0]))
+    return TaskExample(prompt=lang.text(context), choices=choices, answer=int(np.flatnonzero(order == 0)[0]))

@@ -36,11 +36,9 @@ TOY_DATA_PREFIX = "toy:"  # "toy:upstream" / "toy:downstream" in a spec's data s
 
 _UP_CONSONANTS = list("bdfgklmnprstv")
 _UP_VOWELS = list("aeiou")
-# Downstream words use the same letters and syllables but are new, longer words (2-4
-# syllables instead of 1-3): the tokenizer covers them, as an English tokenizer covers a
-# new English domain, yet the base model has never seen them.
-_UP_SYLLABLES = (1, 4)
-_DOWN_SYLLABLES = (2, 5)
+# Downstream's new words are built from the same syllables: the tokenizer covers them, as an
+# English tokenizer covers a new English domain, yet the base model has never seen them.
+_SYLLABLES = (1, 4)
 
 
 class ToyWorldConfig(BaseModel):
@@ -50,20 +48,31 @@ class ToyWorldConfig(BaseModel):
 
     seed: int = Field(0, description="Seed for corpus, tokenizer and base-model pre-training.")
     shift: float = Field(
-        0.5, ge=0.0, le=1.0,
+        0.4, ge=0.0, le=1.0,
         description="Distribution shift strength between upstream and downstream (0 = same data, 1 = disjoint language).",
     )
-    vocab_words: int = Field(300, ge=20, description="Words per domain lexicon.")
-    topics: int = Field(6, ge=1, description="Topics per domain; a document uses one.")
-    successors: int = Field(5, ge=1, description="Non-zero transitions per word and topic.")
-    documents: int = Field(6000, ge=100, description="Documents generated per domain.")
+    new_word_frac: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Share of the downstream lexicon replaced by new words (domain vocabulary the base never saw).",
+    )
+    noise: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="Probability that a word is followed by a uniformly drawn word instead of a successor: "
+                    "real text is never fully predictable, and it keeps the base model's loss on a new domain "
+                    "below a uniform guess.",
+    )
+    vocab_words: int = Field(400, ge=20, description="Words per domain lexicon.")
+    topics: int = Field(8, ge=1, description="Topics per domain; a document uses one.")
+    successors: int = Field(6, ge=1, description="Likely successors per word and topic.")
+    documents: int = Field(6000, ge=100, description="Downstream documents generated.")
+    upstream_documents: int = Field(12000, ge=100, description="Upstream documents generated (the base model's pre-training corpus).")
     tokenizer_vocab: int = Field(512, ge=300, description="BPE vocabulary size, trained on upstream only.")
     hidden_size: int = Field(96, ge=16, description="Base model width.")
     layers: int = Field(3, ge=1, description="Base model depth.")
     heads: int = Field(4, ge=1, description="Attention heads.")
     max_positions: int = Field(256, ge=16, description="Maximum sequence length of the base model.")
-    pretrain_steps: int = Field(600, ge=1, description="Upstream pre-training steps of the base model.")
-    pretrain_lr: float = Field(3e-3, gt=0, description="Peak LR of the base model's own pre-training.")
+    pretrain_steps: int = Field(2000, ge=1, description="Upstream pre-training steps of the base model.")
+    pretrain_lr: float = Field(1e-3, gt=0, description="Peak LR of the base model's own pre-training.")
     pretrain_seq_len: int = Field(128, ge=8, description="Sequence length of base-model pre-training.")
     pretrain_batch: int = Field(16, ge=1, description="Sequences per base-model pre-training step.")
 
@@ -73,7 +82,7 @@ class ToyWorldConfig(BaseModel):
 
 
 # Bump when the generator changes in a way that alters its output.
-_GENERATOR_VERSION = "v2"
+_GENERATOR_VERSION = "v3"
 
 
 class ToyWorldPaths(BaseModel):
@@ -161,25 +170,37 @@ def _file_lock(path: Path):
 
 
 class _Language:
-    """A topic-conditioned first-order Markov language over a word lexicon."""
+    """A topic-conditioned first-order Markov language over a word lexicon, with noise."""
 
-    def __init__(self, words: list[str], succ: np.ndarray, weights: np.ndarray, starts: np.ndarray):
+    def __init__(self, words: list[str], succ: np.ndarray, weights: np.ndarray, starts: np.ndarray, noise: float):
         self.words = words  # [V]
         self.succ = succ  # [T, V, K] successor word ids
         self.weights = weights  # [K] Zipf weights shared by all rows
         self.starts = starts  # [T, S] sentence-start word ids
+        self.noise = noise  # probability of a uniformly drawn next word
+
+    def sentence(self, topic: int, rng: np.random.Generator) -> list[int]:
+        """Word ids of one sentence in `topic` (the corpus and the tasks draw them the same way)."""
+        w = int(self.starts[topic, rng.integers(self.starts.shape[1])])
+        out = [w]
+        for _ in range(rng.integers(4, 12)):
+            if rng.random() < self.noise:
+                w = int(rng.integers(len(self.words)))
+            else:
+                w = int(self.succ[topic, w, rng.choice(self.succ.shape[2], p=self.weights)])
+            out.append(w)
+        return out
+
+    def text(self, ids: list[int]) -> str:
+        """Words joined by spaces; -1 is the sentence end "."."""
+        return " ".join("." if i < 0 else self.words[i] for i in ids)
 
     def document(self, rng: np.random.Generator) -> str:
-        topic = rng.integers(self.succ.shape[0])
-        sentences = []
+        topic = int(rng.integers(self.succ.shape[0]))
+        ids: list[int] = []
         for _ in range(rng.integers(3, 8)):
-            w = self.starts[topic, rng.integers(self.starts.shape[1])]
-            out = [self.words[w]]
-            for _ in range(rng.integers(4, 12)):
-                w = self.succ[topic, w, rng.choice(self.succ.shape[2], p=self.weights)]
-                out.append(self.words[w])
-            sentences.append(" ".join(out) + " .")
-        return " ".join(sentences)
+            ids += self.sentence(topic, rng) + [-1]
+        return self.text(ids)
 
 
 def _make_word(rng: np.random.Generator, syllables: tuple[int, int]) -> str:
@@ -201,32 +222,34 @@ def build_languages(cfg: ToyWorldConfig) -> tuple[_Language, _Language]:
     rng = np.random.default_rng([cfg.seed, 1])
     V, T, K = cfg.vocab_words, cfg.topics, cfg.successors
     taken: set[str] = set()
-    up_words = _lexicon(rng, V, _UP_SYLLABLES, taken)
+    up_words = _lexicon(rng, V, _SYLLABLES, taken)
     weights = 1.0 / np.arange(1, K + 1)
     weights /= weights.sum()
     up_succ = rng.integers(V, size=(T, V, K))
     up_starts = rng.integers(V, size=(T, 8))
-    upstream = _Language(up_words, up_succ, weights, up_starts)
+    upstream = _Language(up_words, up_succ, weights, up_starts, cfg.noise)
 
-    # Downstream: same structure, each word / transition row redrawn with prob `shift`.
+    # Downstream: the same grammar with each transition row and sentence start redrawn with
+    # probability `shift`, and a share `new_word_frac` of the words replaced by new ones.
     s = cfg.shift
-    new_words = _lexicon(rng, V, _DOWN_SYLLABLES, taken)
-    swap_word = rng.random(V) < s
+    new_words = _lexicon(rng, V, _SYLLABLES, taken)
+    swap_word = rng.random(V) < cfg.new_word_frac
     down_words = [new if swap else old for old, new, swap in zip(up_words, new_words, swap_word)]
     redraw = rng.random((T, V)) < s
     down_succ = np.where(redraw[..., None], rng.integers(V, size=(T, V, K)), up_succ)
     down_starts = np.where(rng.random((T, 8)) < s, rng.integers(V, size=(T, 8)), up_starts)
-    downstream = _Language(down_words, down_succ, weights, down_starts)
+    downstream = _Language(down_words, down_succ, weights, down_starts, cfg.noise)
     return upstream, downstream
 
 
 def _write_corpus(cfg: ToyWorldConfig, paths: ToyWorldPaths) -> None:
     upstream, downstream = build_languages(cfg)
     paths.upstream.parent.mkdir(parents=True, exist_ok=True)
-    for domain, lang, path in ((UPSTREAM, upstream, paths.upstream), (DOWNSTREAM, downstream, paths.downstream)):
+    for domain, lang, path, count in ((UPSTREAM, upstream, paths.upstream, cfg.upstream_documents),
+                                      (DOWNSTREAM, downstream, paths.downstream, cfg.documents)):
         rng = np.random.default_rng([cfg.seed, 2, 0 if domain == UPSTREAM else 1])
         with open(path, "w") as fh:
-            for i in range(cfg.documents):
+            for i in range(count):
                 fh.write(json.dumps({"id": f"{domain}-{i}", "text": lang.document(rng)}) + "\n")
 
 
@@ -316,7 +339,7 @@ def _pretrain_base_model(cfg: ToyWorldConfig, paths: ToyWorldPaths, log=print) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == cfg.pretrain_steps - 1:
+        if step % 500 == 0 or step == cfg.pretrain_steps - 1:
             log(f"[toyworld] base-model pre-training step {step}/{cfg.pretrain_steps} "
                 f"loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.save_pretrained(paths.model, safe_serialization=True)
