@@ -5,7 +5,7 @@ Python, not from this test). Layers, bottom first; a module may import its own l
 those below, never above:
 
     trainers -> search_spaces -> sweeps.settings -> sweeps.decisions -> sweeps.tracking
-             -> sweeps.config -> sweeps.results -> sweeps.execution -> sweeps.cli
+             -> sweeps.config -> sweeps.results -> sweeps.execution -> sweeps.reproduce -> sweeps.cli
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO
 
 LAYERS = ["trainers", "search_spaces", "sweeps.settings", "sweeps.decisions", "sweeps.tracking", "sweeps.config",
-          "sweeps.results", "sweeps.execution", "sweeps.cli"]
+          "sweeps.results", "sweeps.execution", "sweeps.reproduce", "sweeps.cli"]
 PACKAGES = ("trainers", "search_spaces", "sweeps")
 # Parts that must work without Ray (rewarm best/analyze/report, the pure rules, the spec).
 RAY_FREE = ("search_spaces", "sweeps.settings", "sweeps.decisions", "sweeps.tracking", "sweeps.config",

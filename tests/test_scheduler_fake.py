@@ -3,6 +3,7 @@
 Curves are in "tokens" (our time attribute); each report is one eval point.
 """
 
+import optuna
 import pytest
 from ray import tune
 
@@ -84,7 +85,7 @@ def test_pareto_objective_drives_a_multi_objective_optuna_search(local_ray, tmp_
     searcher, results = _searched_fake_sweep(spec, tmp_path, evals=3)
     assert len(results) == 8 and not results.errors
     study = searcher._ot_study  # the Optuna study behind OptunaSearch
-    assert type(study.sampler).__name__ == "NSGAIISampler"
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
     assert all(len(t.values) == 2 for t in study.trials if t.values)  # (gain, forgetting) per trial
     front = study.best_trials
     assert front and all(not any(o.values[0] > t.values[0] and o.values[1] < t.values[1] for o in front) for t in front)

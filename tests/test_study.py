@@ -129,3 +129,16 @@ def test_paper_presets_are_grids_of_their_stated_size():
     assert spec.grid_points() == 12 and spec.search_algorithm() == "grid"
     assert small_spec(search_space={"name": "ibrahim2024", "params": {}, "algorithm": "grid"},
                       budget={"num_trials": 7}).grid_points() == 7
+
+
+@pytest.mark.parametrize("algorithm,objective", [("tpe", "joint"), ("random", "joint"), ("grid", "joint"),
+                                                 ("nsga2", "pareto")])
+def test_every_searcher_pickles_and_keeps_sampling(algorithm, objective, tmp_path):
+    """Tune pickles the searcher (tuner.pkl, `rewarm resume`); Optuna 5.1's NSGA-II holds a lock
+    that does not pickle, which PicklableNSGAIISampler drops and re-creates."""
+    import pickle
+
+    spec = small_spec(tmp_path, search_space={"params": GRID, "algorithm": algorithm},
+                      objective={"kind": objective}, budget={"num_trials": 4})
+    copy = pickle.loads(pickle.dumps(make_searcher(spec, spec.knob_params())))
+    assert _point(copy.suggest("t0")) in {(w, lr) for w in GRID["warmup_frac"] for lr in GRID["max_lr"]}

@@ -6,12 +6,19 @@ would take (`AutoTokenizer.from_pretrained`, `AutoModelForCausalLM.from_pretrain
 `datasets.load_dataset("json", ...)`). Nothing here touches the network.
 
 The two domains are "languages" with topics: every document picks a topic, and each
-topic has its own sparse word-to-word transition table with Zipfian weights. The
-downstream language is derived from the upstream one with a shift strength `s`:
-each word is replaced by a new, longer word with probability `s`, and each transition row is redrawn with probability `s`. `s=0`
-gives the same distribution (re-warming on the same data), `s~0.3` a weak shift
-(Pile -> SlimPajama-like), `s~0.9` a strong one (mostly new words, which the upstream
-tokenizer splits into more pieces, and a new grammar).
+topic has its own sparse word-to-word transition table with Zipfian weights; with
+probability `noise` a word is followed by a uniformly drawn word instead, because real
+text is never fully predictable. The downstream language is derived from the upstream
+one: each transition row is redrawn with probability `shift` (a new grammar) and a
+share `new_word_frac` of the lexicon is replaced by new words made of the same
+syllables (domain vocabulary the tokenizer covers but the base model never saw).
+`shift=0, new_word_frac=0` gives the same distribution (re-warming on the same data).
+
+Version 3 is built to behave like continual pre-training (issue 15): a base model
+trained long enough on a large upstream corpus (2000 steps on 12000 documents) that
+extra learning rate on its own data hurts, a downstream domain it is worse on by about
+a nat but better on than a uniform guess, and a domain that is learned over the whole
+budget rather than in the first few steps.
 """
 
 from __future__ import annotations

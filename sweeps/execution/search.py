@@ -3,6 +3,9 @@ via Ray Tune, its study kept in the sweep's store (sweeps/tracking/study.py)."""
 
 from __future__ import annotations
 
+import threading
+
+import optuna
 from optuna.samplers import GridSampler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -98,11 +101,25 @@ class SweepSearch(OptunaSearch):
             study.set_user_attr(LOST_TRIALS_ATTR, sorted(set(previous) | set(lost)))
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that survives pickling: Tune pickles the searcher into `tuner.pkl` (and for
+    `rewarm resume`), and Optuna 5.1's genetic-algorithm base holds a `threading.Lock`, which
+    does not pickle. The lock only guards in-process sampling, so a fresh one is right."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if not hasattr(self, "_thread_lock"):
+            self._thread_lock = threading.Lock()
+
+
 def make_searcher(spec: SweepSpec, params: dict, storage=None):
     """The sweep's searcher; `storage` (an Optuna RDBStorage: tracking/study.py) keeps its study
     in the sweep's store under the sweep's name, None keeps it in memory only."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     where = dict(storage=storage, study_name=spec.name)
     algorithm = spec.search_algorithm()
@@ -114,7 +131,7 @@ def make_searcher(spec: SweepSpec, params: dict, storage=None):
     elif algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     elif algorithm == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_concurrent * 2))
+        sampler = PicklableNSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_concurrent * 2))
     else:
         startup = min(10, max(3, spec.budget.num_trials // 3))  # random start, then TPE
         sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
