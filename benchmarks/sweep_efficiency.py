@@ -48,8 +48,11 @@ def replay_trainable(config: dict, curves: dict, warmup_tokens: dict) -> None:
     from ray import tune
 
     k = key(config)
+    # When the trial started, for ordering: Tune's trial ids are random 8-hex strings once a
+    # searcher suggests the configs (Trial.generate_id), so they say nothing about order.
+    started_ns = time.time_ns()
     for point in curves[k]:
-        tune.report({**point, "warmup_tokens": warmup_tokens[k], "config_key": k})
+        tune.report({**point, "warmup_tokens": warmup_tokens[k], "config_key": k, "started_ns": started_ns})
 
 
 # ---------------------------------------------------------------------- strategies
@@ -118,7 +121,8 @@ def strategies(spec, gt: dict) -> dict:
 
 
 def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, storage: Path) -> list[dict]:
-    """One Tune run; returns the trials in the order they ended: config key and tokens reached."""
+    """One Tune run; returns the trials in the order they started (and ended: they run one at a
+    time): config key and tokens reached."""
     from ray import tune
 
     slug = "".join(ch if ch.isalnum() else "_" for ch in name)
@@ -136,9 +140,13 @@ def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, s
     for r in grid:
         m = r.metrics
         ended.append({"key": m["config_key"], "tokens": int(m["tokens"]), "observed": m["objective"],
-                      "end_time": m.get("timestamp", 0), "trial_id": m["trial_id"]})
-    # Trials ran one at a time: their trial ids are in start order, which is also end order.
-    return sorted(ended, key=lambda t: t["trial_id"])
+                      "started_ns": m["started_ns"], "trial_id": m["trial_id"]})
+    return in_start_order(ended)
+
+
+def in_start_order(trials: list[dict]) -> list[dict]:
+    """Trials sorted by when their trainable started (never by trial id: see replay_trainable)."""
+    return sorted(trials, key=lambda t: t["started_ns"])
 
 
 def evaluate(trials: list[dict], gt_by_key: dict, max_tokens: int, best: float, span: float, top_keys: set,

@@ -44,3 +44,31 @@ def test_gpu_bench_script_runs_end_to_end_in_its_cpu_smoke_mode(tmp_path):
     for strategy in ("ddp", "fsdp"):
         assert result[strategy]["tokens_per_s"] > 0 and 0 < result[strategy]["ratio_to_bare"]
     assert result["gpu"].startswith("none") and "goal_mfu_40pct_met" in result
+
+
+@pytest.mark.ray
+def test_sweep_benchmark_orders_a_searchers_trials_by_start_not_by_id(local_ray, tmp_path):
+    """With a searcher, Tune's trial ids are random hex (Trial.generate_id): the benchmark's
+    anytime curves must follow the order the searcher started the trials in."""
+    from ray import cloudpickle
+    from ray.tune.schedulers import FIFOScheduler
+
+    import benchmarks.sweep_efficiency as bench
+    from benchmarks.sweep_efficiency import KNOB_ORDER, key, run_strategy
+    from search_spaces.params import Choice
+    from sweeps.execution.search import make_searcher
+
+    axes = {"max_lr": [1e-4, 3e-4, 1e-3], "replay_ratio": [0.0, 0.1], "warmup_frac": [0.01], "schedule": ["cosine"]}
+    configs = [dict(zip(KNOB_ORDER, v)) for v in
+               [(lr, r, 0.01, "cosine") for lr in axes["max_lr"] for r in axes["replay_ratio"]]]
+    curves = {key(c): [{"tokens": t, "objective": c["max_lr"] * 1e3 * t / 3 - c["replay_ratio"]} for t in (1, 2, 3)]
+              for c in configs}
+    # The shared test cluster's workers need not have the repo on their path (`benchmarks` is not
+    # an installed package): ship the replay trainable's module by value.
+    cloudpickle.register_pickle_by_value(bench)
+    spec = load_spec(SPEC, ["budget.num_trials=8", "budget.max_concurrent=1"])
+    searcher = make_searcher(spec, {n: Choice(values=v) for n, v in axes.items()})
+    trials = run_strategy("tpe", lambda seed, root: ({}, searcher, FIFOScheduler(), 8), 0, {},
+                          curves, {k: 0 for k in curves}, tmp_path)
+    suggested = [key(t.params) for t in sorted(searcher._ot_study.trials, key=lambda t: t.number)]
+    assert len(trials) == 8 and [t["key"] for t in trials] == suggested

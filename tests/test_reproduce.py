@@ -31,7 +31,9 @@ def _grid(end_down: dict, first_down: dict, end_up: dict, spike: float = 1.0, wa
     for lr in (0.5, 1.0, 2.0):
         for w in (0.0, 0.02):
             d_end = end_down[lr] + (warmup_spread if w == 0.0 else 0.0)
-            losses = [(s, 3.0 + (spike if (w == 0.0 and s == 2) else 0.0)) for s in range(1, 11)]
+            # Step 1 is taken on the base's weights (the same in every trial, and the highest):
+            # the early spike is judged from step 2 on.
+            losses = [(s, 5.0 if s == 1 else 3.0 + (spike if (w == 0.0 and s == 2) else 0.0)) for s in range(1, 11)]
             trials.append(_trial(lr, w, evals=[(8, 2.1, first_down[lr]), (75, end_up[lr], d_end + 0.05),
                                                (100, end_up[lr], d_end)], losses=losses))
     return _exp("lr-warmup", trials)

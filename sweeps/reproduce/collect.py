@@ -38,5 +38,7 @@ def collect_experiment(client, name: str, sweep: str, experiment: str, total_ste
         trials.append(TrialCurve(
             knobs={k: rec.get(k) for k in KNOBS}, lr_factor=round(rec[Knob.MAX_LR] / pretrain_lr, 6),
             status=rec["status"], evals=evals, losses=sorted(series[LOSS].items()), tasks=task_points))
+    ended = parent.info.end_time or parent.info.start_time
     return ExperimentResult(name=name, sweep=sweep, total_steps=total_steps, base=base, trials=trials,
-                            uniform_loss=math.log(vocab_size), tokens_per_step=tokens_per_step)
+                            uniform_loss=math.log(vocab_size), tokens_per_step=tokens_per_step,
+                            sweep_wall_s=(ended - parent.info.start_time) / 1000)

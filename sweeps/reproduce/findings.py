@@ -50,6 +50,7 @@ class ExperimentResult:
     trials: list[TrialCurve]
     uniform_loss: float  # ln(vocabulary size): the loss of a uniform guess over the tokens
     tokens_per_step: int = 1
+    sweep_wall_s: float = 0.0  # the sweep's parent run, start to end, as MLflow recorded it
 
     def where(self, **knobs) -> list[TrialCurve]:
         return [t for t in self.trials if all(_close(t.knobs.get(k) if k != "lr_factor" else t.lr_factor, v)
@@ -174,7 +175,9 @@ def warmup_barely_matters(exp: ExperimentResult) -> Finding:
         gain = exp.base["L_down"] - float(np.mean(finals))
         spread[lr] = float(max(finals) - min(finals))
         rel_spread[lr] = spread[lr] / gain if gain > 0 else float("inf")
-        peak[lr] = {w: float(max(l for s, l in exp.one(lr_factor=lr, warmup_frac=w).losses if s <= early_steps))
+        # From step 2: step 1's loss is taken on the base's weights, before any update, so it is
+        # the same whatever the warmup and would be every run's peak when the loss only falls.
+        peak[lr] = {w: float(max(l for s, l in exp.one(lr_factor=lr, warmup_frac=w).losses if 2 <= s <= early_steps))
                     for w in warmups}
     zero, longest = min(warmups), max(warmups)
     holds = (all(r < BARELY for r in rel_spread.values())
@@ -183,7 +186,7 @@ def warmup_barely_matters(exp: ExperimentResult) -> Finding:
         "warmup-barely-matters", "gupta2023",
         "The length of the warmup does not significantly change the final loss; without warmup the loss spikes early.",
         f"at every max LR the final L_down of warmups {', '.join(f'{w:.1%}' for w in warmups)} spans under "
-        f"{BARELY:.0%} of the mean gain, and the peak training loss of the first {early_steps} steps is higher "
+        f"{BARELY:.0%} of the mean gain, and the peak training loss of steps 2-{early_steps} is higher "
         f"at {zero:.0%} warmup than at {longest:.0%}",
         holds, {"final_spread": spread, "spread_over_gain": rel_spread, "early_peak_loss": peak, "early_steps": early_steps},
         "; ".join(f"{lr:g}x: spread {spread[lr]:.4f} ({rel_spread[lr]:.1%} of gain), early peak "
@@ -272,7 +275,7 @@ def small_replay_costs_little(exp: ExperimentResult) -> Finding:
         "Small amounts of replay barely reduce adaptation to the new data.",
         f"with up to 5% replay, the final L_down is higher than without replay by under {LITTLE:.0%} of the gain",
         holds, {"L_down": down, "cost_over_gain": cost},
-        "; ".join(f"{r:.1%}: L_down {down[r]:.3f} ({cost[r]:+.1%} of gain)" for r in small)
+        "; ".join(f"{r:.1%}: L_down {down[r]:.3f} (gain lost: {cost[r]:+.1%})" for r in small)
         + f" vs {down[0.0]:.3f} without replay",
         "ibrahim2024_replay.png")
 

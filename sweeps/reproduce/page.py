@@ -27,14 +27,19 @@ def markdown_table(findings: list[Finding]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _times(meta: dict) -> str:
+    return (f"the sweeps ran {meta['sweeps_wall_s']:.0f} s (their MLflow parent runs, start to end), "
+            f"this invocation {meta['wall_s']:.0f} s")
+
+
 def write_page(out_dir: Path, meta: dict, findings: list[Finding]) -> None:
     (out_dir / "findings.md").write_text(
-        f"`rewarm reproduce {meta['paper']}`: {meta['trials']} trials of {meta['tokens_per_trial']} tokens, "
-        f"{meta['wall_s']:.0f} s.\n\n" + markdown_table(findings))
+        f"`rewarm reproduce {meta['paper']}`: {meta['trials']} trials of {meta['tokens_per_trial']} tokens; "
+        f"{_times(meta)}.\n\n" + markdown_table(findings))
     held = sum(f.holds is True for f in findings)
     parts = [f"<h1>rewarm reproduce {html.escape(meta['paper'])}</h1>",
              f"<p>{held} of {len(findings)} findings hold. {meta['trials']} trials of {meta['tokens_per_trial']} tokens "
-             f"in {meta['wall_s']:.0f} s; sweeps (in MLflow): {html.escape(', '.join(meta['sweeps'].values()))}.</p>",
+             f"({html.escape(_times(meta))}); sweeps (in MLflow): {html.escape(', '.join(meta['sweeps'].values()))}.</p>",
              "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(d)}</li>" for n, d in meta["experiments"].items())
              + "</ul>"]
     for paper in dict.fromkeys(f.paper for f in findings):

@@ -45,7 +45,9 @@ def reproduce(paper: str, out_dir: Path, prefix: str = "reproduce", tokens_per_t
     findings = [f for p in papers_for(paper) for f in findings_for(p, results, FINAL_LR_FACTOR)]
     out_dir.mkdir(parents=True, exist_ok=True)
     _figures(results, findings, out_dir)
+    # Two times: this invocation's (which reuses finished sweeps) and the sweeps' own, from MLflow.
     meta = {"paper": paper, "prefix": prefix, "wall_s": round(time.time() - t0, 1), "experiment_wall_s": timings,
+            "sweeps_wall_s": round(sum(r.sweep_wall_s for r in results.values()), 1),
             "sweeps": {n: s.name for n, s in specs.items()},
             "trials": sum(s.budget.num_trials for s in specs.values()),
             "tokens_per_trial": next(iter(specs.values())).budget.tokens_per_trial,
