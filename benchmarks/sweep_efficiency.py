@@ -44,15 +44,31 @@ def key(knobs: dict) -> str:
 
 
 def replay_trainable(config: dict, curves: dict, warmup_tokens: dict) -> None:
-    """Report the cached curve of this config, point by point, like a real trial would."""
+    """Report the cached curve of this config, point by point, like a real trial would.
+
+    `config["checkpointed"]`: save the position with every report and continue from it, for
+    schedulers that pause and later resume trials (HyperBand), as a real trial resumes from its
+    checkpoint.
+    """
+    import tempfile
+
     from ray import tune
 
-    k = key(config)
+    k, checkpointed = key(config), config.get("checkpointed", False)
     # When the trial started, for ordering: Tune's trial ids are random 8-hex strings once a
     # searcher suggests the configs (Trial.generate_id), so they say nothing about order.
-    started_ns = time.time_ns()
-    for point in curves[k]:
-        tune.report({**point, "warmup_tokens": warmup_tokens[k], "config_key": k, "started_ns": started_ns})
+    started_ns, start = time.time_ns(), 0
+    if checkpointed and (ckpt := tune.get_checkpoint()):
+        with ckpt.as_directory() as d:
+            started_ns, start = json.loads((Path(d) / "position.json").read_text())
+    for i, point in enumerate(curves[k][start:], start):
+        metrics = {**point, "warmup_tokens": warmup_tokens[k], "config_key": k, "started_ns": started_ns}
+        if not checkpointed:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "position.json").write_text(json.dumps([started_ns, i + 1]))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 # ---------------------------------------------------------------------- strategies
@@ -70,7 +86,7 @@ def _axes(gt: dict) -> dict:
 def strategies(spec, gt: dict) -> dict:
     """name -> function(seed, trials_root) returning (param_space, search_alg, scheduler, num_samples)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from search_spaces.params import Choice
@@ -96,15 +112,25 @@ def strategies(spec, gt: dict) -> dict:
         return (space, BasicVariantGenerator(random_state=seed),
                 ASHAScheduler(metric="objective", mode="max", max_t=reports), NUM_TRIALS)
 
-    def tpe(seed):
-        return make_searcher(with_seed(seed), choice_params)
+    def random_hyperband(seed, root):
+        # Ray Tune's HyperBand with its defaults (reduction_factor=3) on training_iteration: it
+        # pauses trials and resumes them from their checkpoints, so the replay checkpoints too.
+        space = {n: tune.choice(v) for n, v in axes.items()}
+        return ({**space, "checkpointed": True}, BasicVariantGenerator(random_state=seed),
+                HyperBandScheduler(metric="objective", mode="max", max_t=reports), NUM_TRIALS)
 
-    def tpe_asha(seed, root):
+    def tpe(seed, stopped_trials="truncated"):
+        s = with_seed(seed)
+        s = s.model_copy(update={"search_space": s.search_space.model_copy(update={"stopped_trials": stopped_trials})})
+        return make_searcher(s, choice_params)
+
+    def tpe_asha(seed, root, stopped_trials="truncated"):
         s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"kind": "asha"})})
-        return {}, tpe(seed), make_scheduler(s, choice_params), NUM_TRIALS
+        return {}, tpe(seed, stopped_trials), make_scheduler(s, choice_params), NUM_TRIALS
 
-    def tpe_rewarm(seed, root):
-        return {}, tpe(seed), ScheduleAwareScheduler(stop_rule_config(with_seed(seed)), root), NUM_TRIALS
+    def tpe_rewarm(seed, root, stopped_trials="truncated"):
+        return ({}, tpe(seed, stopped_trials), ScheduleAwareScheduler(stop_rule_config(with_seed(seed)), root),
+                NUM_TRIALS)
 
     def tpe_rewarm_no_forecast(seed, root):
         s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": False})})
@@ -115,9 +141,15 @@ def strategies(spec, gt: dict) -> dict:
         return space, BasicVariantGenerator(random_state=seed), ScheduleAwareScheduler(
             stop_rule_config(with_seed(seed)), root), NUM_TRIALS
 
-    return {"grid": grid, "random+asha (Tune defaults)": random_asha, "tpe+asha": tpe_asha,
-            "random+rewarm": random_rewarm, "tpe+rewarm (no forecast)": tpe_rewarm_no_forecast,
-            "tpe+rewarm": tpe_rewarm}
+    def pruned(make):
+        return lambda seed, root: make(seed, root, stopped_trials="pruned")
+
+    # TPE rows tell Optuna a stopped trial's truncated value (Ray's rule) unless "pruned" says so.
+    return {"grid": grid, "random+asha (Tune defaults)": random_asha,
+            "random+hyperband (Tune defaults)": random_hyperband, "tpe+asha": tpe_asha,
+            "tpe+asha, pruned": pruned(tpe_asha), "random+rewarm": random_rewarm,
+            "tpe+rewarm (no forecast)": tpe_rewarm_no_forecast, "tpe+rewarm": tpe_rewarm,
+            "tpe+rewarm, pruned": pruned(tpe_rewarm)}
 
 
 def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, storage: Path) -> list[dict]:

@@ -30,9 +30,9 @@ def test_missing_study_is_one_line(tmp_path):
         load_sweep_study(f"sqlite:///{tmp_path / 'optuna.db'}", "nope")
 
 
-def _searcher(tmp_path, name="s"):
-    spec = small_spec(tmp_path, name=name, search_space={"name": "default", "params": {}},
-                      budget={"num_trials": 6, "max_concurrent": 1})
+def _searcher(tmp_path, name="s", stopped_trials="truncated", objective="joint"):
+    spec = small_spec(tmp_path, name=name, search_space={"name": "default", "params": {}, "stopped_trials": stopped_trials},
+                      objective={"kind": objective}, budget={"num_trials": 6, "max_concurrent": 1})
     storage = open_study_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     return make_searcher(spec, spec.knob_params(), storage), storage
 
@@ -52,6 +52,28 @@ def test_searcher_writes_values_against_tokens_and_rewarm_status(tmp_path):
     assert trial.user_attrs["gain"] == 1.0 and trial.user_attrs["forgetting"] == 0.3
     assert {k: pytest.approx(v) for k, v in trial.params.items()} == \
            {k: pytest.approx(v) for k, v in config.items() if k in trial.params}
+
+
+@pytest.mark.parametrize("objective", ["joint", "pareto"])
+def test_a_stopped_trial_reaches_optuna_as_pruned_and_a_finished_one_as_complete(tmp_path, objective):
+    searcher, storage = _searcher(tmp_path, stopped_trials="pruned", objective=objective)
+    end = {"gain": 1.0, "forgetting": 0.3, "objective": 0.7}
+    for tid, status in (("stopped", "running"), ("done", "completed"), ("diverged", "diverged")):
+        searcher.suggest(tid)
+        searcher.on_trial_result(tid, {"tokens": 2048, **end, "training_iteration": 1})
+        searcher.on_trial_complete(tid, {"tokens": 2048, **end, "status": status})
+    study = optuna.load_study(study_name="s", storage=storage)
+    by_tune_id = {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in study.trials}
+    assert by_tune_id["stopped"].state == optuna.trial.TrialState.PRUNED
+    assert by_tune_id["stopped"].user_attrs[STATUS_ATTR] == "early_stopped"
+    assert by_tune_id["done"].state == optuna.trial.TrialState.COMPLETE
+    assert by_tune_id["diverged"].state == optuna.trial.TrialState.COMPLETE  # a real end, not a scheduler's stop
+    if objective == "joint":  # TPE ranks a pruned trial by its intermediate values, against tokens
+        assert by_tune_id["stopped"].intermediate_values == {2048: 0.7}
+    else:  # NSGA-II's front holds finished trials only
+        front = {t.user_attrs[TUNE_TRIAL_ATTR] for t in study.best_trials}
+        assert front and "stopped" not in front
+    assert searcher.suggest("next") is not None  # the samplers go on with pruned trials in the study
 
 
 def test_restored_searcher_fails_trials_tune_never_saved(tmp_path):

@@ -118,6 +118,7 @@ class SearchSpaceSpec(_Spec):
     name: str = Field("default", description=f"A registered search space: {sorted(search_spaces.REGISTRY)}.")
     params: dict[str, search_spaces.Param] = Field(default_factory=dict, description="Per-knob overrides: a value, a list (choice), or {type: uniform|loguniform|choice|fixed, ...}.")
     algorithm: Literal["tpe", "random", "grid", "nsga2"] | None = Field(None, description="How points are chosen: tpe (Optuna TPE after a random start), random, grid (every point of the choice lists exactly once; budget.num_trials must equal the grid's size), nsga2 (Pareto objective only). Default: nsga2 for a pareto objective, else tpe.")
+    stopped_trials: Literal["pruned", "truncated"] = Field("truncated", description="How a trial the scheduler stopped early reaches Optuna: pruned (TPE ranks it below finished trials by its objective at the most tokens it reached; NSGA-II leaves it out of the front) or truncated (COMPLETE with its value at the stop, Ray's default; a truncated gain and forgetting look Pareto-efficient to NSGA-II). Either way its `rewarm_status` attribute says early_stopped.")
 
     @field_validator("name")
     @classmethod

@@ -11,7 +11,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform
 from sweeps.config.spec import SweepSpec
-from sweeps.tracking.statuses import trial_status
+from sweeps.tracking.statuses import TrialStatus, trial_status
 from sweeps.tracking.study import LOST_TRIALS_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR
 from sweeps.tracking.tracker import FINAL_METRICS
 from trainers import ray_compat
@@ -52,13 +52,18 @@ class SweepSearch(OptunaSearch):
     - Intermediate values are the trial's objective against tokens trained (Ray's own would
       be against report count, which means nothing across cadences).
     - When Tune ends a trial, its Tune id, Rewarm status and final metrics become user
-      attributes first: a trial stopped early reaches Optuna as COMPLETE with a truncated
-      value (Ray's rule), and its `rewarm_status` says so.
+      attributes first. A trial the scheduler stopped early reaches Optuna as PRUNED
+      (`stopped_trials: pruned`) or as COMPLETE with its truncated value (`truncated`, Ray's
+      rule); its `rewarm_status` says early_stopped either way.
     - On `rewarm resume`, trials the study holds as RUNNING that Tune's restored state does not
       know (suggested after Tune's last state save, before the driver stopped) are marked FAIL
       and listed in the study's `rewarm_lost_trials` attribute: they will never report, and a
       study that keeps them RUNNING lies.
     """
+
+    def __init__(self, *args, stopped_trials: str = "truncated", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stopped_trials = stopped_trials
 
     def on_trial_result(self, trial_id: str, result: dict):
         trials, completed, _ = ray_compat.optuna_search_state(self)
@@ -72,17 +77,25 @@ class SweepSearch(OptunaSearch):
                 completed.add(trial_id)  # unknown to Tune's restored state; the study keeps its end
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        trials, completed, _ = ray_compat.optuna_search_state(self)
+        trials, completed, study = ray_compat.optuna_search_state(self)
         if trial_id in trials and trial_id not in completed:
             if result:  # Tune does not pass the result that made the scheduler stop a trial on
                 self.on_trial_result(trial_id, result)
-            attrs = {TUNE_TRIAL_ATTR: trial_id, STATUS_ATTR: str(trial_status(result, errored=error))}
+            status = trial_status(result, errored=error)
+            attrs = {TUNE_TRIAL_ATTR: trial_id, STATUS_ATTR: str(status)}
             attrs |= {k: float(result[k]) for k in FINAL_METRICS if result and is_finite(result.get(k))}
             try:
                 for key, value in attrs.items():
                     trials[trial_id].set_user_attr(key, value)
             except (RuntimeError, ValueError):  # already finished in the store: told before the driver
                 pass                            # stopped, Tune's restored state did not know
+            if status == TrialStatus.EARLY_STOPPED and self.stopped_trials == "pruned":
+                try:
+                    study.tell(trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                except (RuntimeError, ValueError):
+                    pass
+                completed.add(trial_id)
+                return
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def restore(self, checkpoint_path: str):
@@ -135,7 +148,7 @@ def make_searcher(spec: SweepSpec, params: dict, storage=None):
     else:
         startup = min(10, max(3, spec.budget.num_trials // 3))  # random start, then TPE
         sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
+    where |= dict(sampler=sampler, stopped_trials=spec.search_space.stopped_trials)
     if spec.objective.kind == "pareto":
-        return SweepSearch(space=OptunaSpace(params), metric=["gain", "forgetting"], mode=["max", "min"],
-                           sampler=sampler, **where)
-    return SweepSearch(space=OptunaSpace(params), metric="objective", mode="max", sampler=sampler, **where)
+        return SweepSearch(space=OptunaSpace(params), metric=["gain", "forgetting"], mode=["max", "min"], **where)
+    return SweepSearch(space=OptunaSpace(params), metric="objective", mode="max", **where)
