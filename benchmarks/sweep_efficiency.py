@@ -153,8 +153,9 @@ def strategies(spec, gt: dict) -> dict:
 
 
 def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, storage: Path) -> list[dict]:
-    """One Tune run; returns the trials in the order they started (and ended: they run one at a
-    time): config key and tokens reached."""
+    """One Tune run; returns the trials in the order they started: config key and tokens reached.
+    They run one at a time, so this is also the order they ended in, except under HyperBand,
+    which pauses trials and resumes them later (its anytime curve is then approximate)."""
     from ray import tune
 
     slug = "".join(ch if ch.isalnum() else "_" for ch in name)
