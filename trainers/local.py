@@ -76,6 +76,7 @@ def run_distributed(cfg: TrialConfig, world: int, checkpoint_root: Path | None =
 
 def _distributed_rank(rank: int, world: int, cfg_json: str, checkpoint_root: str | None,
                       resume_from: str | None, port: int, out: str) -> None:
+    import gc
     import json
     import os
 
@@ -92,9 +93,17 @@ def _distributed_rank(rank: int, world: int, cfg_json: str, checkpoint_root: str
         reporter = CollectingReporter(Path(checkpoint_root) if checkpoint_root else None)
         model = load_model(cfg, device)
         found = pick_checkpoint(Path(resume_from), None) if resume_from else None
-        Trainer(cfg, model, device, reporter, resume_from=found, resume_verified=True).run()
+        trainer = Trainer(cfg, model, device, reporter, resume_from=found, resume_verified=True)
+        trainer.run()
         if rank == 0:
             Path(out).write_text(json.dumps({"reports": reporter.reports, "steps": reporter.steps,
                                              "checkpoints": [str(p) for p in reporter.checkpoints]}))
+        # Why: gloo's worker threads can still hold work of the DDP reducer / FSDP hooks; a rank
+        # that tears its group down (or reaches interpreter exit) while its peer is mid-collective
+        # dies with "terminate called without an active exception" (SIGABRT). Drop the wrapped
+        # model first, then meet the peers, so every rank's work is done before the group goes.
+        del trainer, model
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
