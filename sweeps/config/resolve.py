@@ -18,7 +18,7 @@ from trainers.config import LoopConfig, TrialConfig
 from trainers.errors import UserError
 from trainers.data import DataError, DataSource, PreparedDomain, prepare_domain
 from trainers.objective import BaseReference
-from trainers.schedules import ScheduleConfig
+from trainers.schedules import ScheduleConfig, lr_table
 from trainers.toyworld import TOY, TOY_DATA_PREFIX, default_cache_dir, ensure_toy_world
 
 
@@ -177,12 +177,22 @@ def measure_here(resolved: ResolvedSweep, path: Path) -> BaseReference:
     return reference
 
 
+def schedule_config(spec: SweepSpec, knobs: dict) -> ScheduleConfig:
+    """The LR schedule of one point of the search space (its knobs, the spec's decay shape)."""
+    return ScheduleConfig(kind=knobs[Knob.SCHEDULE], max_lr=float(knobs[Knob.MAX_LR]),
+                          warmup_frac=float(knobs[Knob.WARMUP_FRAC]), **spec.training.shape())
+
+
+def trial_lrs(spec: SweepSpec, knobs: dict) -> tuple[float, ...]:
+    """The LR of each optimizer step of a trial at these knobs (what the schedule law reads)."""
+    return tuple(lr_table(schedule_config(spec, knobs), spec.cadence().total_steps))
+
+
 def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = None) -> TrialConfig:
     """The TrialConfig for one point of the search space."""
     spec, t = resolved.spec, resolved.spec.training
     cadence = spec.cadence()
-    schedule = ScheduleConfig(kind=knobs[Knob.SCHEDULE], max_lr=float(knobs[Knob.MAX_LR]),
-                              warmup_frac=float(knobs[Knob.WARMUP_FRAC]), **t.shape())
+    schedule = schedule_config(spec, knobs)
     return TrialConfig(
         model_path=resolved.model_path, dtype=spec.model.dtype, parallel=spec.resources.parallel(), init=spec.model.init,
         upstream=resolved.upstream, downstream=resolved.downstream,

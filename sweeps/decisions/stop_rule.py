@@ -3,7 +3,7 @@
 Plain ASHA judges a trial on its raw objective as soon as its grace period ends. A re-warmed
 trial's loss first rises, then falls (Gupta et al. 2023), and the higher its max LR the
 deeper the bump, so ASHA kills exactly the high-LR trials that often end best. This stopper
-differs in four ways, each a rule below with the reason it gives:
+differs in four ways, each a rule below (rule 3 can be turned off: `rungs`) with the reason it gives:
 
 1. **Divergence stops at once**, even inside the grace window (non-finite loss or objective,
    or the loop's own `diverged` status).
@@ -13,10 +13,18 @@ differs in four ways, each a rule below with the reason it gives:
    keep the top 1/`reduction_factor`), on an exponential moving average of their objective
    over the points after their grace window, so one noisy eval does not decide and the
    warmup bump does not linger in the average.
-4. **Forecast**: once `forecast_min_trials` trials have run to the full budget, a linear map
-   from the smoothed objective at each token count to the final objective is fitted over
-   them; a trial whose forecast final objective, plus `forecast_margin_sd` prediction
-   standard deviations, is still below the best final seen so far is stopped as dominated.
+4. **Forecast** (`forecaster`), two kinds:
+   - `linear` (default): once `forecast_min_trials` trials have run to the full budget, a
+     linear map from the smoothed objective at each token count to the final objective is
+     fitted over them; a trial whose forecast final objective, plus `forecast_margin_sd`
+     prediction standard deviations, is still below the best final seen so far is stopped.
+   - `law`: a schedule law (Tissue et al. 2024; sweeps/decisions/schedule_law.py) is fitted to
+     the L_up and L_down curves of every ended trial, stopped ones included, as functions of
+     each trial's known LR schedule and replay ratio; it forecasts a running trial's final
+     losses, hence its objective, with a split-conformal `forecast_coverage` interval. The
+     trial is stopped, at any point, rising or not, once the interval's top is below the best
+     final. The law expects the re-warming rise, so no grace window is needed for it; with
+     `rungs: false` only the law (and divergence) stops trials.
 
 `StopRule` is the pure decision logic (no Ray: unit-tested on synthetic curves, and timed
 with 1,000 trials in `benchmarks/search_scale_bench.py`);
@@ -32,8 +40,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from sweeps.decisions.schedule_law import Forecast, LawForecaster, TrialCurves
+from trainers.objective import BaseReference, ObjectiveConfig, score
 from trainers.report_point import ReportPoint, RunStatus, is_finite
 
 CONTINUE, STOP = "continue", "stop"
@@ -47,8 +59,16 @@ class StopRuleSettings(BaseModel):
     reduction_factor: int = Field(3, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
     smoothing: float = Field(0.5, gt=0, le=1, description="'rewarm' only: EMA weight of the newest objective (1 = no smoothing).")
     forecast: bool = Field(True, description="'rewarm' only: stop trials whose forecast final objective is dominated.")
+    forecaster: Literal["law", "linear"] = Field("linear", description=(
+        "'rewarm' only: 'law' fits a schedule law (L = L0 + A (S1 + s0)^-alpha - C S2 over each trial's LR "
+        "schedule; sweeps/decisions/schedule_law.py) to every ended trial and stops a trial, at any point "
+        "including its re-warming rise, once the top of its calibrated `forecast_coverage` interval is below "
+        "the best final objective; 'linear' maps the smoothed objective at k tokens to the final objective "
+        "over finished trials and stops when forecast + forecast_margin_sd sd is below the best final."))
     forecast_min_trials: int = Field(3, ge=3, description="'rewarm' only: finished trials needed before forecasting.")
-    forecast_margin_sd: float = Field(1.0, ge=0, description="'rewarm' only: stop if forecast + this many prediction sd < best final.")
+    forecast_margin_sd: float = Field(1.0, ge=0, description="'rewarm', forecaster 'linear' only: stop if forecast + this many prediction sd < best final.")
+    forecast_coverage: float = Field(0.9, gt=0.5, lt=1, description="'rewarm', forecaster 'law' only: coverage of the forecast interval whose top must be below the best final to stop.")
+    rungs: bool = Field(True, description="'rewarm' only: also stop at ASHA-style rungs (bottom of the smoothed objective at equal tokens); false: only forecasts and divergence stop trials.")
 
     def settings(self) -> dict:
         """These fields alone (from a model that embeds them), to build a StopRuleConfig."""
@@ -62,6 +82,7 @@ class StopRuleConfig(StopRuleSettings):
     max_tokens: int = Field(ge=1, description="A trial's full budget in tokens (no decision is needed at or past it).")
     recovery_tokens: int = Field(0, ge=0, description="Tokens after a trial's warmup before it may be judged.")
     min_grace_tokens: int = Field(1, ge=1, description="No trial is judged before this many tokens (at least one eval).")
+    objective: ObjectiveConfig = Field(ObjectiveConfig(), description="The sweep's objective (forecaster 'law' forecasts losses, then scores them).")
 
 
 @dataclass
@@ -116,6 +137,15 @@ class _LinearFit:
         return my + b * (x - mx), sd
 
 
+@dataclass(frozen=True)
+class TrialSchedule:
+    """What the law needs to know of a trial before it reports: its LR at every step and its
+    replay ratio (sweeps/execution/schedulers.py reads them off the trial's config)."""
+
+    lrs: tuple[float, ...]
+    replay: float
+
+
 @dataclass
 class _Trial:
     smoothed: float | None = None
@@ -123,6 +153,25 @@ class _Trial:
     history: list = field(default_factory=list)  # (tokens, smoothed) after each new report
     next_rung: int = 0
     done: bool = False
+    schedule: TrialSchedule | None = None
+    points: list = field(default_factory=list)  # (step, L_up, L_down) of each new report, base first
+
+    def curves(self) -> TrialCurves | None:
+        if self.schedule is None or len(self.points) < 2:
+            return None
+        steps, up, down = zip(*self.points)
+        return TrialCurves(self.schedule.lrs, self.schedule.replay, steps, up, down)
+
+
+@dataclass(frozen=True)
+class ObjectiveOf:
+    """The sweep objective of final losses (picklable: the stopper's state is pickled)."""
+
+    cfg: ObjectiveConfig
+    base: BaseReference
+
+    def __call__(self, L_up: float, L_down: float) -> float:
+        return score(L_up, L_down, self.base, self.cfg)["objective"]
 
 
 class StopRule:
@@ -136,6 +185,9 @@ class StopRule:
         self._trials: dict[str, _Trial] = {}
         self.best_final: float | None = None
         self.finished = 0
+        self.law: LawForecaster | None = None  # forecaster 'law': built at the first report with losses
+        self._ended: dict[str, TrialCurves] = {}  # every ended trial's curves (finished or stopped)
+        self._law_fitted_on = 0
 
     @staticmethod
     def _rungs(cfg: StopRuleConfig) -> list[int]:
@@ -147,10 +199,19 @@ class StopRule:
 
     # ------------------------------------------------------------------ results
 
-    def observe(self, trial_id: str, result: dict) -> Decision:
-        """The decision on one report point (a Tune result dict; see trainers/report_point.py)."""
+    def observe(self, trial_id: str, result: dict, schedule: TrialSchedule | None = None) -> Decision:
+        """The decision on one report point (a Tune result dict; see trainers/report_point.py).
+        `schedule`: the trial's LR schedule and replay ratio, for forecaster 'law'."""
+        decision = self._decide(trial_id, result, schedule)
+        if decision.action == STOP:
+            self._ended_now(trial_id)
+        return decision
+
+    def _decide(self, trial_id: str, result: dict, schedule: TrialSchedule | None) -> Decision:
         cfg = self.cfg
         trial = self._trials.setdefault(trial_id, _Trial())
+        if schedule is not None and trial.schedule is None:
+            trial.schedule = schedule
         point = ReportPoint.from_result(result)
         tokens, value, loss = point.tokens, point.objective, point.loss
 
@@ -168,6 +229,7 @@ class StopRule:
             d.repeat = True
             return d
         trial.last_tokens = tokens
+        self._record_losses(trial, point)
         grace = max(cfg.min_grace_tokens, int(point.warmup_tokens) + cfg.recovery_tokens)
         if tokens >= grace:
             # Smooth only what comes after the grace window: the warmup bump must not drag the
@@ -182,10 +244,17 @@ class StopRule:
         while trial.next_rung < len(self.rungs) and tokens >= self.rungs[trial.next_rung]:
             crossed.append(trial.next_rung)
             trial.next_rung += 1
+        law = self._law_forecast(trial) if cfg.forecast and cfg.forecaster == "law" else None
+        if law is not None and law.objective.hi < self.best_final:
+            # No grace here: the law expects the re-warming rise, so a trial is stopped during
+            # it only when even the top of its interval, bump included, cannot reach the best.
+            return decide(STOP, f"law forecast final objective {law.objective.mean:.4f} (top of its "
+                                f"{cfg.forecast_coverage:.0%} interval {law.objective.hi:.4f}) < best final "
+                                f"{self.best_final:.4f} ({self.law.fitted_on} ended trials)")
         if tokens < grace:
             return decide(CONTINUE, f"in warmup + recovery window (until {grace} tokens)")
 
-        for rung in crossed:
+        for rung in (crossed if cfg.rungs else ()):
             values = self._rung_values[rung]
             cutoff = _quantile(values, 1 - 1 / cfg.reduction_factor) if values else None
             bisect.insort(values, trial.smoothed)
@@ -193,7 +262,11 @@ class StopRule:
                 return decide(STOP, f"rung {self.rungs[rung]} tokens: smoothed objective {trial.smoothed:.4f} < "
                                     f"top-1/{cfg.reduction_factor} cutoff {cutoff:.4f} of {len(values) - 1} trials")
 
-        if cfg.forecast and self.best_final is not None:
+        if law is not None:
+            return decide(CONTINUE, f"law forecast final objective {law.objective.mean:.4f} in "
+                                    f"[{law.objective.lo:.4f}, {law.objective.hi:.4f}] can still reach the best "
+                                    f"final {self.best_final:.4f}")
+        if cfg.forecast and cfg.forecaster == "linear" and self.best_final is not None:
             fit = self._fits.get(tokens)
             if fit is not None and fit.n >= cfg.forecast_min_trials:
                 predicted = fit.predict(trial.smoothed)
@@ -209,7 +282,8 @@ class StopRule:
                       else "kept: no rung reached yet")
 
     def complete(self, trial_id: str, result: dict) -> None:
-        """A trial ended. Only a trial that ran its full budget teaches the forecast."""
+        """A trial ended. Only a trial that ran its full budget teaches the linear forecast and
+        sets the best final; the law learns from every ended trial's curve."""
         trial = self._trials.get(trial_id)
         if trial is None or trial.done:
             return
@@ -217,11 +291,49 @@ class StopRule:
         point = ReportPoint.from_result(result)
         final = point.objective
         if point.tokens < self.cfg.max_tokens or point.status == RunStatus.DIVERGED or not is_finite(final):
+            self._ended_now(trial_id)
             return
         self.finished += 1
         self.best_final = final if self.best_final is None else max(self.best_final, final)
         for tokens, smoothed in trial.history[:-1]:
             self._fits.setdefault(tokens, _LinearFit()).add(smoothed, final)
+        self._ended_now(trial_id)
+
+    # ------------------------------------------------------------------ the schedule law
+
+    def _record_losses(self, trial: _Trial, point: ReportPoint) -> None:
+        if self.cfg.forecaster != "law" or not all(is_finite(x) for x in (point.L_up, point.L_down)):
+            return
+        if not trial.points and is_finite(point.gain) and is_finite(point.forgetting):
+            # The base model's losses (the same for every trial of the sweep) as its step 0.
+            base = BaseReference(L_up=point.L_up - point.forgetting, L_down=point.L_down + point.gain)
+            trial.points.append((0, base.L_up, base.L_down))
+            if self.law is None:
+                self.law = LawForecaster(ObjectiveOf(self.cfg.objective, base), coverage=self.cfg.forecast_coverage)
+        if trial.points:
+            trial.points.append((point.step, point.L_up, point.L_down))
+
+    def _ended_now(self, trial_id: str) -> None:
+        """Keep an ended trial's curves for the law, and refit it when enough are new: at every
+        new ended trial up to 20, then each time their number grows by a tenth (a fit of 1,000
+        trials takes seconds; benchmarks/search_scale_bench.py)."""
+        trial = self._trials.get(trial_id)
+        curves = trial.curves() if trial is not None else None
+        if self.law is None or curves is None or trial_id in self._ended:
+            return
+        self._ended[trial_id] = curves
+        n = len(self._ended)
+        if self.finished >= self.cfg.forecast_min_trials and (n <= 20 or n >= 1.1 * self._law_fitted_on):
+            self.law.fit(list(self._ended.values()))
+            self._law_fitted_on = n
+
+    def _law_forecast(self, trial: _Trial) -> Forecast | None:
+        """The trial's law forecast, when there is a calibrated interval and a best to beat."""
+        if self.law is None or not self.law.ready or self.best_final is None:
+            return None
+        curves = trial.curves()
+        forecast = self.law.forecast(curves) if curves is not None else None
+        return forecast if forecast is not None and forecast.objective.hi is not None else None
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

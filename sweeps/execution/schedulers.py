@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from search_spaces.knobs import KNOBS, Knob, knob_values
 from sweeps.config.layout import STOPPER_STATE_FILE, StateIncompatible
+from sweeps.config.resolve import trial_lrs
 from sweeps.config.spec import SweepSpec
-from sweeps.decisions.stop_rule import STOP, Decision, StopRule, StopRuleConfig
+from sweeps.decisions.stop_rule import STOP, Decision, StopRule, StopRuleConfig, TrialSchedule
 from trainers.report_point import ReportPoint
 from trainers.run_dir import DECISIONS_FILE
 
@@ -23,14 +26,32 @@ def stop_rule_config(spec: SweepSpec) -> StopRuleConfig:
     """The schedule-aware stopper's config: the spec's settings plus the token counts derived from it."""
     c = spec.cadence()
     return StopRuleConfig(**spec.scheduler.settings(), max_tokens=c.max_tokens, recovery_tokens=c.recovery_tokens,
-                          min_grace_tokens=c.eval_tokens)
+                          min_grace_tokens=c.eval_tokens, objective=spec.objective)
+
+
+@dataclass(frozen=True)
+class TrialScheduleOf:
+    """A trial's LR schedule and replay ratio from its Tune config (for the schedule law);
+    picklable, as Tune pickles the scheduler with the experiment state."""
+
+    spec: SweepSpec
+
+    def __call__(self, config: dict) -> TrialSchedule | None:
+        knobs = knob_values(config)
+        if set(knobs) != set(KNOBS):
+            return None  # not a trial of this spec's space (nothing to forecast with)
+        return TrialSchedule(trial_lrs(self.spec, knobs), float(knobs[Knob.REPLAY_RATIO]))
+
+
+def schedule_aware_scheduler(spec: SweepSpec, decisions_root: str | None = None) -> "ScheduleAwareScheduler":
+    return ScheduleAwareScheduler(stop_rule_config(spec), decisions_root, schedule_of=TrialScheduleOf(spec))
 
 
 def make_scheduler(spec: SweepSpec, params: dict, decisions_root: str | None = None) -> TrialScheduler:
     if spec.scheduler.kind == "none":
         return FIFOScheduler()
     if spec.scheduler.kind == "rewarm":
-        return ScheduleAwareScheduler(stop_rule_config(spec), decisions_root)
+        return schedule_aware_scheduler(spec, decisions_root)
     # time_attr is our own token count: Tune's training_iteration double-counts after a
     # Train retry and restarts at 0 after Tuner.restore (docs/ARCHITECTURE.md).
     max_t = spec.cadence().max_tokens
@@ -62,10 +83,11 @@ class ScheduleAwareScheduler(FIFOScheduler):
     fits and each trial's position survive, and reports replayed after a restart are ignored.
     """
 
-    def __init__(self, cfg: StopRuleConfig, decisions_root: str | None = None):
+    def __init__(self, cfg: StopRuleConfig, decisions_root: str | None = None, schedule_of=None):
         super().__init__()
         self.rule = StopRule(cfg)
         self.decisions_root = decisions_root
+        self.schedule_of = schedule_of  # config -> TrialSchedule, for forecaster 'law'
         self.stopped = 0
         self._restored = False
 
@@ -102,7 +124,8 @@ class ScheduleAwareScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._restore_once()
-        decision = self.rule.observe(trial.trial_id, result)
+        schedule = self.schedule_of(trial.config) if self.schedule_of is not None else None
+        decision = self.rule.observe(trial.trial_id, result, schedule)
         if decision.repeat:
             return TrialScheduler.CONTINUE
         if decision.action == STOP:
