@@ -3,7 +3,7 @@ trials of the sweep-efficiency ground truth (36 configs x 16 report points, toy 
 
 Six folds over the configs: the forecaster (sweeps/decisions/schedule_law.py) is fitted on the
 other five folds' full curves, then every held-out trial is forecast from every prefix of its
-curve (the base point plus 1..15 evals). Reported per metric (L_up, L_down, objective) and by
+curve (the base point plus 0..15 evals; 0: a config not yet tried). Reported per metric (L_up, L_down, objective) and by
 how much of its budget the trial had run: the share of held-out finals inside the stated 90%
 interval (the goal: about 90%), the interval's mean width, and the mean absolute error of the
 forecast mean. For comparison, the mean absolute error of the stopper's older forecast (a
@@ -75,7 +75,7 @@ def run(log=print) -> dict:
             trial = trials[i]
             true = {"L_up": trial.L_up[-1], "L_down": trial.L_down[-1]}
             true["objective"] = objective(true["L_up"], true["L_down"])
-            for n in range(2, len(trial.steps)):
+            for n in range(1, len(trial.steps)):
                 prefix = trial.prefix(n)
                 b = _bucket(prefix)
                 fc = forecaster.forecast(prefix)
@@ -85,12 +85,14 @@ def run(log=print) -> dict:
                     if iv.lo is not None:
                         rows[name][b]["inside"].append(iv.lo <= true[name] <= iv.hi)
                         rows[name][b]["width"].append(iv.hi - iv.lo)
+                if n == 1:
+                    continue  # the base point is every trial's: nothing for the linear map to read
                 # the older forecast: final objective ~ a + b * objective at the same point
                 x = [objective(t.L_up[n - 1], t.L_down[n - 1]) for t in train]
                 slope, intercept = np.polyfit(x, finals, 1)
                 linear_err[b].append(abs(intercept + slope * objective(trial.L_up[n - 1], trial.L_down[n - 1])
                                          - true["objective"]))
-    labels = [f"<= {int(e * 100)}% of budget" for e in _BUCKETS]
+    labels = ["untried (base only)", *(f"<= {int(e * 100)}% of budget" for e in _BUCKETS[1:])]
     table = {}
     for name, by_bucket in rows.items():
         table[name] = {}

@@ -91,7 +91,7 @@ def strategies(spec, gt: dict) -> dict:
 
     from search_spaces.params import Choice
     from sweeps.execution.schedulers import ScheduleAwareScheduler
-    from sweeps.execution.schedulers import make_scheduler, stop_rule_config
+    from sweeps.execution.schedulers import make_scheduler, schedule_aware_scheduler, stop_rule_config
     from sweeps.execution.search import make_searcher
 
     axes = _axes(gt)
@@ -136,6 +136,13 @@ def strategies(spec, gt: dict) -> dict:
         s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": False})})
         return {}, tpe(seed), ScheduleAwareScheduler(stop_rule_config(s), root), NUM_TRIALS
 
+    def tpe_rewarm_law(seed, root, stopped_trials="truncated", rungs=True):
+        # The schedule-law forecaster (sweeps/decisions/schedule_law.py): the scheduler reads each
+        # trial's LR schedule and replay ratio off its config, as in a real sweep.
+        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(
+            update={"kind": "rewarm", "forecaster": "law", "rungs": rungs})})
+        return {}, tpe(seed, stopped_trials), schedule_aware_scheduler(s, root), NUM_TRIALS
+
     def random_rewarm(seed, root):
         space = {n: tune.choice(v) for n, v in axes.items()}
         return space, BasicVariantGenerator(random_state=seed), ScheduleAwareScheduler(
@@ -149,7 +156,9 @@ def strategies(spec, gt: dict) -> dict:
             "random+hyperband (Tune defaults)": random_hyperband, "tpe+asha": tpe_asha,
             "tpe+asha, pruned": pruned(tpe_asha), "random+rewarm": random_rewarm,
             "tpe+rewarm (no forecast)": tpe_rewarm_no_forecast, "tpe+rewarm": tpe_rewarm,
-            "tpe+rewarm, pruned": pruned(tpe_rewarm)}
+            "tpe+rewarm, pruned": pruned(tpe_rewarm), "tpe+rewarm (law)": tpe_rewarm_law,
+            "tpe+rewarm (law), pruned": pruned(tpe_rewarm_law),
+            "tpe+rewarm (law only, no rungs)": lambda seed, root: tpe_rewarm_law(seed, root, rungs=False)}
 
 
 def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, storage: Path) -> list[dict]:
@@ -270,9 +279,17 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     curves_ref, warmup_ref = ray.put(curves), ray.put(warmup)
-    results = {}
+    # `--only NAME [--only NAME ...]`: run just these strategies and keep the others' rows from
+    # the results on file (for iterating on one strategy; a committed table is one full run).
+    only = [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--only"]
+    path = RESULTS / "sweep_efficiency.json"
+    results = json.loads(path.read_text())["strategies"] if only and path.exists() else {}
+    chosen = {n: m for n, m in strategies(spec, gt).items() if not only or n in only}
+    if only and len(chosen) != len(only):
+        raise SystemExit(f"--only: no strategy named {sorted(set(only) - set(chosen))}; "
+                         f"the strategies are {sorted(strategies(spec, gt))}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make in strategies(spec, gt).items():
+        for name, make in chosen.items():
             seeds = (0,) if name == "grid" else SEEDS
             runs = []
             for seed in seeds:
@@ -295,6 +312,7 @@ def main() -> None:
                  "vs_random_asha": "at least 2x less compute for the same regret"},
         "strategies": results, "goal_check": goal_check(results, grid_tokens),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "bench_wall_s": time.time() - t_start,
+        "strategies_run_at_measured_at": sorted(chosen),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sweep_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")

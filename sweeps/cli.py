@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     p.add_argument("--experiment", help="MLflow experiment (default: search all)")
 
+    p = sub.add_parser("forecast", help="each trial's predicted final gain, forgetting and objective with intervals, and "
+                                        "the best untried configs (the schedule law over the sweep's curves)")
+    p.add_argument("--sweep", required=True, help="sweep name (running or finished)")
+    p.add_argument("--coverage", type=float, default=0.9, help="coverage of the intervals (default 0.9)")
+    p.add_argument("--top", type=int, default=5, help="how many untried configs to show (default 5)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--experiment", help="MLflow experiment (default: search all)")
+
     p = sub.add_parser("importance", help="which knob matters for gain, forgetting and the objective (Optuna fANOVA "
                                           "over the sweep's study; logged to its parent run)")
     p.add_argument("--sweep", required=True, help="sweep name")
@@ -164,6 +173,8 @@ def _dispatch(args) -> int:
         return _report(args)
     if args.command == "importance":
         return _importance(args)
+    if args.command == "forecast":
+        return _forecast(args)
     if args.command == "ui":
         return _ui(args)
     if args.command == "reproduce":
@@ -263,6 +274,20 @@ def _analyze(args) -> int:
 
     result = analyze_sweep(open_client(default_tracking_uri(args.tracking_uri)), args.sweep, args.experiment)
     print(to_json(result) if args.format == "json" else render_table(result["rows"]))
+    return 0
+
+
+def _forecast(args) -> int:
+    import json
+
+    from sweeps.results.forecast import ForecastError, forecast_sweep, render_table, to_dict
+    from sweeps.tracking.store import default_tracking_uri, open_client
+
+    if not 0.5 < args.coverage < 1:
+        raise ForecastError(f"--coverage must be between 0.5 and 1 (exclusive), got {args.coverage}")
+    result = forecast_sweep(open_client(default_tracking_uri(args.tracking_uri)), args.sweep, args.experiment,
+                            coverage=args.coverage)
+    print(json.dumps(to_dict(result), indent=2) if args.format == "json" else render_table(result, args.top))
     return 0
 
 

@@ -68,6 +68,42 @@ def test_analyze_fits_every_task_metric_and_logs_to_the_parent(task_sweep, rewar
     assert {"analysis.json", "analysis.txt"} <= {a.path for a in client.list_artifacts(outcome.parent_run_id)}
 
 
+def test_forecast_gives_every_trial_an_interval_and_ranks_the_untried_configs(task_sweep, rewarm_bin):
+    uri, outcome, _ = task_sweep
+    proc = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri, "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["fitted_on"] == 4 and len(result["trials"]) == 4
+    base = result["base"]
+    for row in result["trials"]:
+        assert row["status"] == "completed" and row["steps_seen"] == row["steps_total"] == 16
+        for name in ("gain", "forgetting", "objective"):
+            iv = row[name]
+            assert iv["lo"] < iv["mean"] < iv["hi"], (name, iv)
+        # gain and forgetting are the base's losses minus the forecast losses: the objective of
+        # the sweep (joint, weight 1) follows from them
+        assert row["objective"]["mean"] == pytest.approx(
+            row["gain"]["mean"] - max(row["forgetting"]["mean"], 0.0), abs=1e-9)
+        # the whole curve is in: the forecast is where the trial ended, within its interval's width
+        obs, iv = row["observed"]["objective"], row["objective"]
+        assert abs(iv["mean"] - obs) < iv["hi"] - iv["lo"], (obs, iv)
+    # the default space's max_lr and replay ratio are continuous: 5 x 5 candidates, none tried exactly
+    untried = result["untried"]
+    assert len(untried) == 25 and base["L_down"] > 0
+    means = [u["objective"]["mean"] for u in untried]
+    assert means == sorted(means, reverse=True) and len(set(means)) > 1
+    assert all(u["objective"]["lo"] < u["objective"]["mean"] < u["objective"]["hi"] for u in untried)
+
+    table = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri],
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0 and "not tried yet (25 configs" in table.stdout, table.stdout + table.stderr
+    bad = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri, "--coverage", "1.5"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "rewarm: error: --coverage must be between 0.5 and 1 (exclusive), got 1.5"]
+
+
 @pytest.fixture(scope="module")
 def report(task_sweep, rewarm_bin):
     uri, outcome, tmp = task_sweep
@@ -81,7 +117,7 @@ def report(task_sweep, rewarm_bin):
 def test_report_writes_the_page_and_every_plot_and_logs_them(report):
     out, uri, outcome = report
     page = (out / "report.html").read_text()
-    for name in ("curves", "schedules", "tradeoff", "parallel", "importance", "tasks"):
+    for name in ("curves", "schedules", "tradeoff", "parallel", "importance", "tasks", "forecast"):
         assert (out / f"{name}.png").stat().st_size > 5000, name  # a real plot, not an empty canvas
         assert f'id="plot-{name}"' in page
     assert "Chosen config" in page and "threshold" in page
@@ -104,7 +140,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert match, "the page's load handler did not run"
     plots = json.loads(match.group(1).replace("&quot;", '"'))
     assert {p["id"] for p in plots} == {f"plot-{n}" for n in
-                                        ("curves", "schedules", "tradeoff", "parallel", "importance", "tasks")}
+                                        ("curves", "schedules", "tradeoff", "parallel", "importance", "tasks",
+                                         "forecast")}
     assert all(p["ok"] and p["w"] > 300 and p["h"] > 200 for p in plots), plots
 
 

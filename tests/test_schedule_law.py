@@ -101,7 +101,7 @@ def test_held_out_coverage_of_the_90_percent_interval_is_about_90_percent():
     for trial in trials[40:]:
         truth = {"L_up": trial.L_up[-1], "L_down": trial.L_down[-1]}
         truth["objective"] = objective(truth["L_up"], truth["L_down"])
-        for n in range(2, len(trial.steps)):
+        for n in range(1, len(trial.steps)):
             fc = forecaster.forecast(trial.prefix(n))
             for name in inside:
                 iv = getattr(fc, name)

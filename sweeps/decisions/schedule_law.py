@@ -15,13 +15,15 @@ goes negative, S2 falls and the loss *rises*: the law explains the re-warming bu
 and the loss down. For CPT (Wang et al. 2025, arXiv 2505.07796) the data terms depend on the
 mixture, so here:
 
-- shared by every trial of a sweep (one fit per metric): alpha, s0, lam (grid search) and C
-  (linear, eliminated in closed form for each grid point);
-- per trial: L0 and A (linear). A's sign is free: A > 0 is a loss falling as the new domain is
-  learned (L_down), A < 0 a loss rising to a plateau as the old one is forgotten (L_up).
-- for a running trial, (L0, A) get a Gaussian prior from the ended trials: a ridge regression
-  of their fitted (L0, A) on the trial's replay ratio, with the residual covariance. With only
-  a few points the prior dominates; as the trial's own points come in, they do.
+- shared by every trial of a sweep (one fit per metric): alpha, s0 and lam (grid search);
+- per trial: L0, A and C (linear, in closed form for each grid point). A's sign is free: A > 0
+  is a loss falling as the new domain is learned (L_down), A < 0 a loss rising to a plateau as
+  the old one is forgotten (L_up).
+- for a running trial, (L0, A, C) get a Gaussian prior from the ended trials: a ridge
+  regression of their fitted terms on the trial's replay ratio and log peak LR (and its
+  square), with the residual covariance. With only a few points the prior dominates; as the
+  trial's own points come in, they do. A config never run is forecast from the prior and the
+  base point alone (`LawForecaster.forecast_untried`).
 
 Every curve includes the base model's point at step 0 (S1 = S2 = 0, L = the base's loss,
 known exactly for every trial), which ties L0 + A * s0**-alpha to the base.
@@ -230,7 +232,9 @@ def _z_of(coverage: float) -> float:
 # ---------------------------------------------------------------------- a trial's forecast
 
 METRICS = ("L_up", "L_down")
-_BUCKETS = (0.25, 0.5, 1.0)  # calibration by how much of its budget a trial has run
+# Calibration by how much of its budget a trial has run; the first bucket is "nothing yet"
+# (the base point only: a config not tried), the prior's own error.
+_BUCKETS = (0.0, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,12 @@ class LawForecaster:
         return Forecast(interval("L_up", mu_up, sd_up), interval("L_down", mu_down, sd_down),
                         interval("objective", J, sd_J), self.coverage)
 
+    def forecast_untried(self, lrs: Sequence[float], replay: float, base_L_up: float,
+                         base_L_down: float) -> Forecast | None:
+        """The forecast of a config never run: its schedule and replay ratio through the prior,
+        tied to the base model's losses at step 0 (calibrated on the "nothing yet" bucket)."""
+        return self.forecast(TrialCurves(tuple(lrs), float(replay), (0,), (base_L_up,), (base_L_down,)))
+
     def _calibrate(self, finished: Sequence[TrialCurves]) -> dict[str, dict[int, float]]:
         scores: dict[str, dict[int, list[float]]] = {n: {b: [] for b in range(len(_BUCKETS))}
                                                      for n in (*METRICS, "objective")}
@@ -343,7 +353,7 @@ class LawForecaster:
             keep[j] = True
             truth = {"L_up": trial.L_up[-1], "L_down": trial.L_down[-1]}
             truth["objective"] = self.objective(truth["L_up"], truth["L_down"])
-            for n in range(2, len(trial.steps)):  # every prefix short of the end (>= base + 1 eval)
+            for n in range(1, len(trial.steps)):  # every prefix short of the end, from the base point alone
                 prefix = trial.prefix(n)
                 b = _bucket(prefix)
                 mu = {m: self.models[m].forecast(prefix.curve(m)) for m in METRICS}

@@ -16,9 +16,9 @@ import yaml
 
 from search_spaces.knobs import KNOBS
 from sweeps.results.pareto import pareto_front
-from sweeps.tracking.records import SweepNotFound
+from sweeps.tracking.records import spec_text_of
 from sweeps.tracking.statuses import RANKED_STATUSES, TrialStatus, rank_key
-from sweeps.tracking.tracker import SPEC_ARTIFACT, SWEEP_TAG
+from sweeps.tracking.tracker import SWEEP_TAG
 
 COLUMNS = ("rank", "trial_id", "status", "objective", "gain", "forgetting", "L_up", "L_down", *KNOBS, "tokens")
 
@@ -62,13 +62,7 @@ def render(rows: list[dict], fmt: str) -> str:
 
 def export_spec(client, parent, trial: dict, path: Path) -> dict:
     """Write the sweep's spec with the trial's knobs fixed: `rewarm train FILE` reruns it."""
-    import mlflow.artifacts
-
-    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri.rstrip('/')}/{SPEC_ARTIFACT}") \
-        if parent.info.artifact_uri else None
-    if text is None:
-        raise SweepNotFound(f"the sweep's parent run has no {SPEC_ARTIFACT} artifact to export from")
-    raw = yaml.safe_load(text)
+    raw = yaml.safe_load(spec_text_of(parent))
     raw["name"] = f"{raw['name']}-{trial['trial_id']}"
     raw.setdefault("search_space", {})["params"] = {k: trial[k] for k in KNOBS}
     raw.setdefault("budget", {})["num_trials"] = 1

@@ -21,6 +21,7 @@ import numpy as np
 from search_spaces.knobs import Knob, format_knobs
 from sweeps.results.analyze import analyze_sweep, render_table
 from sweeps.results.best import format_bytes, rank
+from sweeps.results.forecast import SweepForecast, forecast_sweep, render_table as render_forecast
 from sweeps.results.importance import TARGETS, sweep_importance
 from sweeps.results.pareto import pareto_front
 from sweeps.tracking.mlflow_compat import metric_histories
@@ -211,6 +212,31 @@ def plot_importance(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_forecast(result: SweepForecast, path: Path, top_untried: int = 5) -> None:
+    """Each trial's forecast final objective with its interval (observed final as a cross), then
+    the best predicted configs not tried yet."""
+    plt = _plt()
+    rows = [r for r in result.trials if r["objective"]] + result.untried[:top_untried]
+    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.28 * len(rows)))
+    for y, r in enumerate(rows):
+        iv, untried = r["objective"], "trial_id" not in r
+        color = "tab:green" if untried else ("tab:blue" if r["status"] == TrialStatus.COMPLETED else "tab:orange")
+        if iv["lo"] is not None:
+            ax.plot([iv["lo"], iv["hi"]], [y, y], color=color, lw=2, alpha=0.6)
+        ax.plot(iv["mean"], y, "o", color=color, ms=4)
+        observed = None if untried else r["observed"].get("objective")
+        if observed is not None and r["status"] == TrialStatus.COMPLETED:
+            ax.plot(observed, y, "kx", ms=5)
+    ax.set_yticks(range(len(rows)), [r["trial_id"] if "trial_id" in r else "untried: " + format_knobs(r["knobs"])
+                                     for r in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"final objective: forecast and {result.coverage:.0%} interval (blue completed, orange stopped or "
+                  f"running, green untried; x observed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(client, sweep: str, out_dir: Path, experiment: str | None = None,
                  tracking_uri: str | None = None) -> Path:
     """The report page of `sweep` in `out_dir`; `tracking_uri` (the client's store) finds the
@@ -238,14 +264,19 @@ def write_report(client, sweep: str, out_dir: Path, experiment: str | None = Non
         plot_importance(importance, out_dir / "importance.png")
     except UserError as exc:  # too few completed trials, or a sweep kept no study: say which
         importance = str(exc)
+    try:
+        forecast = forecast_sweep(client, sweep, experiment, loaded=(parent, trials))
+        plot_forecast(forecast, out_dir / "forecast.png")
+    except UserError as exc:  # too few ended trials, or a task objective: say which
+        forecast = str(exc)
     page = out_dir / "report.html"
-    page.write_text(_html(sweep, trials, chosen, analysis, importance, parent.data.metrics.get(BYTES_HELD_METRIC),
-                          out_dir))
+    page.write_text(_html(sweep, trials, chosen, analysis, importance, forecast,
+                          parent.data.metrics.get(BYTES_HELD_METRIC), out_dir))
     client.log_artifacts(parent.info.run_id, str(out_dir), "report")
     return page
 
 
-def _html(sweep, trials, chosen, analysis, importance: dict | str, bytes_held: float | None, out_dir: Path) -> str:
+def _html(sweep, trials, chosen, analysis, importance: dict | str, forecast: SweepForecast | str, bytes_held: float | None, out_dir: Path) -> str:
     def img(name, caption):
         data = base64.b64encode((out_dir / f"{name}.png").read_bytes()).decode()
         return (f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(caption)}" '
@@ -278,6 +309,10 @@ pre{{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:12px}}</style></he
 <h2>Which knob matters</h2>
 {img("importance", "Knob importance for the objective, gain and forgetting") if isinstance(importance, dict)
  else f"<p>{html.escape(importance)}</p>"}
+<h2>Where each trial ends, and what to try next (schedule-law forecast)</h2>
+{(img("forecast", "Forecast final objective per trial and for the best untried configs") + "<pre>"
+  + html.escape(render_forecast(forecast)) + "</pre>") if isinstance(forecast, SweepForecast)
+ else f"<p>{html.escape(forecast)}</p>"}
 <h2>Downstream tasks vs pre-training loss</h2>
 <pre>{html.escape(render_table(analysis["rows"]))}</pre>
 {img("tasks", "Task metric vs L_down with the fitted threshold (the loss below which the task leaves chance)")}

@@ -6,7 +6,7 @@ import json
 
 from search_spaces.knobs import KNOBS
 from sweeps.tracking.tracker import (FINAL_METRICS, FINAL_PREFIX, KIND_TAG, KNOB_PARAM_PREFIX, PARENT_RUN_TAG,
-                                     STATUS_TAG, SWEEP_KIND, SWEEP_TAG, TRIAL_TAG)
+                                     SPEC_ARTIFACT, STATUS_TAG, SWEEP_KIND, SWEEP_TAG, TRIAL_TAG)
 from sweeps.tracking.statuses import RANKED_STATUSES, rank_key
 from trainers.errors import UserError
 from trainers.report_point import is_finite
@@ -37,6 +37,26 @@ def load_sweep(client, sweep: str, experiment: str | None = None, with_trials: b
                                   filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'",
                                   max_results=10000)
     return parent, [trial_record(r) for r in children]
+
+
+def spec_text_of(parent) -> str:
+    """The sweep's spec YAML, as logged on its parent run."""
+    import mlflow.artifacts
+
+    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri.rstrip('/')}/{SPEC_ARTIFACT}") \
+        if parent.info.artifact_uri else None
+    if text is None:
+        raise SweepNotFound(f"the sweep's parent run has no {SPEC_ARTIFACT} artifact (not a Rewarm sweep?)")
+    return text
+
+
+def load_spec_of(parent):
+    """The sweep's spec (validated), from its parent run."""
+    import yaml
+
+    from sweeps.config.loading import validate_spec
+
+    return validate_spec(yaml.safe_load(spec_text_of(parent)), source=f"{SPEC_ARTIFACT} of the sweep's parent run")
 
 
 def newest_sweep_experiment(client) -> str | None:
