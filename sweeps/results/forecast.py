@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import yaml
 
 from search_spaces.knobs import KNOBS, Knob, format_knobs
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform
@@ -29,7 +30,9 @@ from sweeps.config.resolve import trial_lrs
 from sweeps.decisions.schedule_law import Forecast, Interval, LawForecaster, TrialCurves
 from sweeps.decisions.stop_rule import ObjectiveOf
 from sweeps.tracking.mlflow_compat import metric_histories
-from sweeps.tracking.records import load_spec_of, load_sweep
+from sweeps.config.loading import validate_spec
+from sweeps.tracking.records import load_sweep, spec_text_of
+from sweeps.tracking.tracker import SPEC_ARTIFACT
 from sweeps.tracking.statuses import TrialStatus
 from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX
 from trainers.errors import UserError
@@ -59,7 +62,7 @@ def forecast_sweep(client, sweep: str, experiment: str | None = None, coverage: 
                    loaded: tuple | None = None) -> SweepForecast:
     """The law's forecast of every trial's end and of the untried configs (module docstring)."""
     parent, trials = loaded or load_sweep(client, sweep, experiment)
-    spec = load_spec_of(parent)
+    spec = validate_spec(yaml.safe_load(spec_text_of(parent)), source=f"{SPEC_ARTIFACT} of sweep {sweep!r}")
     if spec.objective.task is not None:
         raise ForecastError(f"sweep {sweep!r}: objective.task {spec.objective.task!r} is scored on a task, and the law "
                             f"forecasts losses only; use an objective without a task to forecast")

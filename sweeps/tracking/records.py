@@ -50,15 +50,6 @@ def spec_text_of(parent) -> str:
     return text
 
 
-def load_spec_of(parent):
-    """The sweep's spec (validated), from its parent run."""
-    import yaml
-
-    from sweeps.config.loading import validate_spec
-
-    return validate_spec(yaml.safe_load(spec_text_of(parent)), source=f"{SPEC_ARTIFACT} of the sweep's parent run")
-
-
 def newest_sweep_experiment(client) -> str | None:
     """The experiment id of the newest sweep in the store (None when there is none)."""
     parent = _newest_parent(client, [e.experiment_id for e in client.search_experiments()])
