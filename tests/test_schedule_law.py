@@ -130,7 +130,9 @@ def law_rule(**kw) -> StopRule:
 def feed(rule: StopRule, trial_id: str, trial: TrialCurves, warmup: float):
     """Report a synthetic trial point by point (100 tokens per step) until the rule stops it."""
     decisions = []
-    schedule = TrialSchedule(trial.lrs, trial.replay)
+    schedule = TrialSchedule(ScheduleConfig(kind="cosine", max_lr=float(max(trial.lrs)), warmup_frac=warmup), T,
+                             trial.replay)
+    assert np.allclose(schedule.lrs, trial.lrs)  # the stopper rebuilds the same table from the config
     for step, up, down in zip(trial.steps[1:], trial.L_up[1:], trial.L_down[1:]):
         gain, forgetting = BASE.L_down - down, up - BASE.L_up
         result = {"tokens": step * 100, "step": step, "L_up": up, "L_down": down, "gain": gain,
@@ -173,6 +175,8 @@ def test_law_rule_state_pickles_with_its_fit():
     rule = law_rule()
     for k in range(5):
         feed(rule, f"t{k}", synthetic_trial(1e-3 * (k + 1) / 3, 0.05, 0.0, rng), 0.0)
-    again = pickle.loads(pickle.dumps(rule))
+    state = pickle.dumps(rule)
+    assert len(state) < 64 * 1024  # schedules as configs: no LR table of any trial in the state
+    again = pickle.loads(state)
     probe = synthetic_trial(1e-3, 0.05, 0.0, rng).prefix(4)
     assert again.law.forecast(probe) == rule.law.forecast(probe)

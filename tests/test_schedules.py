@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainers.schedules import SCHEDULES, ScheduleConfig, lr_at, lr_table
+from trainers.schedules import SCHEDULES, ScheduleConfig, lr_array, lr_at, lr_table
 
 # cosine, 10 steps, warmup 20% (W=2), max 1, min 0.1:
 #   warmup (s+1)/(W+1); then 0.1 + 0.45 (1 + cos(pi i / 7)), i = 0..7
@@ -27,6 +27,16 @@ COSINE_NO_WARMUP = [1.0, 0.55, 0.1]
 ], ids=["cosine", "constant", "wsd", "infinite", "cosine-no-warmup"])
 def test_schedule_matches_literal_table(cfg, total, table):
     assert lr_table(cfg, total) == pytest.approx(table, abs=1e-6)
+    assert lr_array(cfg, total).tolist() == pytest.approx(table, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+@pytest.mark.parametrize("total", [1, 2, 7, 128, 1000])
+@pytest.mark.parametrize("phases", [dict(warmup_frac=0.0), dict(warmup_frac=0.02), dict(warmup_frac=0.3),
+                                    dict(warmup_frac=0.1, decay_frac=0.0, cooldown_frac=0.0, anneal_frac=0.0)])
+def test_numpy_lr_array_equals_the_per_step_table_for_every_kind(kind, total, phases):
+    cfg = ScheduleConfig(kind=kind, max_lr=3e-4, **phases)
+    assert lr_array(cfg, total).tolist() == pytest.approx(lr_table(cfg, total), rel=1e-12, abs=1e-18)
 
 
 def test_schedules_scale_with_max_lr():

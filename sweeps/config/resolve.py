@@ -18,7 +18,7 @@ from trainers.config import LoopConfig, TrialConfig
 from trainers.errors import UserError
 from trainers.data import DataError, DataSource, PreparedDomain, prepare_domain
 from trainers.objective import BaseReference
-from trainers.schedules import ScheduleConfig, lr_table
+from trainers.schedules import ScheduleConfig, lr_array
 from trainers.toyworld import TOY, TOY_DATA_PREFIX, default_cache_dir, ensure_toy_world
 
 
@@ -183,9 +183,12 @@ def schedule_config(spec: SweepSpec, knobs: dict) -> ScheduleConfig:
                           warmup_frac=float(knobs[Knob.WARMUP_FRAC]), **spec.training.shape())
 
 
-def trial_lrs(spec: SweepSpec, knobs: dict) -> tuple[float, ...]:
-    """The LR of each optimizer step of a trial at these knobs (what the schedule law reads)."""
-    return tuple(lr_table(schedule_config(spec, knobs), spec.cadence().total_steps))
+def trial_lrs(spec: SweepSpec, knobs: dict):
+    """The LR of each optimizer step of a trial at these knobs, as a read-only array (what the
+    schedule law reads)."""
+    table = lr_array(schedule_config(spec, knobs), spec.cadence().total_steps)
+    table.flags.writeable = False
+    return table
 
 
 def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = None) -> TrialConfig:

@@ -81,7 +81,7 @@ class Curve:
 
     steps: tuple[int, ...]
     values: tuple[float, ...]
-    lrs: tuple[float, ...]  # the trial's whole schedule: LR of each of its steps
+    lrs: Sequence[float]  # the trial's whole schedule: LR of each of its steps (tuple or read-only array)
     replay: float = 0.0
 
     def prefix(self, n: int) -> "Curve":
@@ -118,16 +118,20 @@ def fit_law(curves: Sequence[Curve], eta_ref: float, base_final_lr: float = 0.0,
         raise ValueError(f"the law needs at least 2 curves of >= {len(TERMS) + 1} points each")
     n, p, k = len(curves), max(len(c.steps) for c in curves), len(TERMS)
     y, w = np.zeros((n, p)), np.zeros((n, p))
+    steps = np.zeros((n, p), dtype=int)
     for j, c in enumerate(curves):
-        y[j, :len(c.steps)], w[j, :len(c.steps)] = c.values, 1.0
+        y[j, :len(c.steps)], w[j, :len(c.steps)], steps[j, :len(c.steps)] = c.values, 1.0, c.steps
     best = None
     for lam in decays:
-        areas = [schedule_areas(c.lrs, eta_ref, lam, base_final_lr) for c in curves]
+        # The areas at each curve's steps, as (curves, points) arrays (padding: weight 0), so the
+        # grid below is array arithmetic over every curve at once.
+        S1, S2 = np.zeros((n, p)), np.zeros((n, p))
+        for j, c in enumerate(curves):
+            a = schedule_areas(c.lrs, eta_ref, lam, base_final_lr)
+            S1[j], S2[j] = a.S1[steps[j]], a.S2[steps[j]]
         for s0 in offsets:
             for alpha in alphas:
-                X = np.zeros((n, p, k))
-                for j, (c, a) in enumerate(zip(curves, areas)):
-                    X[j, :len(c.steps)] = _columns(c, a, alpha, s0)
+                X = np.stack([w, (S1 + s0) ** -alpha * w, -S2 * w], axis=2)
                 gram = np.einsum("npi,npj->nij", X, X) + 1e-12 * np.eye(k)
                 theta = np.linalg.solve(gram, np.einsum("npi,np->ni", X, y)[..., None])[..., 0]
                 sse = float((w * (y - np.einsum("npi,ni->np", X, theta)) ** 2).sum())
@@ -143,7 +147,8 @@ def fit_law(curves: Sequence[Curve], eta_ref: float, base_final_lr: float = 0.0,
 def _features(curve: Curve) -> np.ndarray:
     """What a trial's terms are regressed on before its own points say more: its replay ratio
     and its peak LR (log, relative to the sweep's first point of the schedule)."""
-    g = math.log(max(curve.lrs)); return np.array([1.0, curve.replay, g, g * g])
+    g = math.log(float(np.max(curve.lrs)))
+    return np.array([1.0, curve.replay, g, g * g])
 
 
 @dataclass
@@ -181,10 +186,15 @@ class MetricModel:
     prior: TrialPrior
     eta_ref: float
     base_final_lr: float
-    _areas: dict = field(default_factory=dict, repr=False)
+    _areas: dict = field(default_factory=dict, repr=False)  # a cache: never pickled
 
-    def areas(self, lrs: tuple[float, ...]) -> ScheduleAreas:
-        key = hash(lrs)
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_areas": {}}
+
+    def areas(self, lrs: Sequence[float]) -> ScheduleAreas:
+        # Keyed by the table's bytes (a trial's schedule is an array of up to 10^5 steps; hashing
+        # its bytes is microseconds, the areas a pass over it).
+        key = hash(np.asarray(lrs, dtype=float).tobytes())
         if key not in self._areas:
             if len(self._areas) > 4096:
                 self._areas.clear()
@@ -242,7 +252,7 @@ class TrialCurves:
     """What the forecaster knows of one trial: its schedule, replay ratio and both eval curves
     (step 0 = the base model's losses)."""
 
-    lrs: tuple[float, ...]
+    lrs: Sequence[float]  # a tuple, or a read-only array for long schedules
     replay: float
     steps: tuple[int, ...]
     L_up: tuple[float, ...]
@@ -303,7 +313,7 @@ class LawForecaster:
         usable = [t for t in ended if len(t.steps) >= len(TERMS) + 1]
         if len(usable) < 3 or sum(t.finished for t in usable) < 2:
             return
-        eta_ref = self.eta_ref or float(np.median([max(t.lrs) for t in usable]))
+        eta_ref = self.eta_ref or float(np.median([np.max(t.lrs) for t in usable]))
         self.eta_ref = eta_ref
         self.models = {m: fit_metric([t.curve(m) for t in usable], eta_ref) for m in METRICS}
         self.scales = self._calibrate([t for t in usable if t.finished])
@@ -333,7 +343,7 @@ class LawForecaster:
                          base_L_down: float) -> Forecast | None:
         """The forecast of a config never run: its schedule and replay ratio through the prior,
         tied to the base model's losses at step 0 (calibrated on the "nothing yet" bucket)."""
-        return self.forecast(TrialCurves(tuple(lrs), float(replay), (0,), (base_L_up,), (base_L_down,)))
+        return self.forecast(TrialCurves(lrs, float(replay), (0,), (base_L_up,), (base_L_down,)))
 
     def _calibrate(self, finished: Sequence[TrialCurves]) -> dict[str, dict[int, float]]:
         scores: dict[str, dict[int, list[float]]] = {n: {b: [] for b in range(len(_BUCKETS))}

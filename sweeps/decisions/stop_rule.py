@@ -39,14 +39,17 @@ import bisect
 import math
 import time
 from dataclasses import dataclass, field
-
+from functools import cached_property
 from typing import Literal
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sweeps.decisions.schedule_law import Forecast, LawForecaster, TrialCurves
 from trainers.objective import BaseReference, ObjectiveConfig, score
 from trainers.report_point import ReportPoint, RunStatus, is_finite
+from trainers.schedules import ScheduleConfig, lr_array
 
 CONTINUE, STOP = "continue", "stop"
 
@@ -137,13 +140,31 @@ class _LinearFit:
         return my + b * (x - mx), sd
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrialSchedule:
-    """What the law needs to know of a trial before it reports: its LR at every step and its
-    replay ratio (sweeps/execution/schedulers.py reads them off the trial's config)."""
+    """What the law needs to know of a trial before it reports: its LR schedule and replay ratio
+    (sweeps/execution/schedulers.py reads them off the trial's config).
 
-    lrs: tuple[float, ...]
+    Kept as the schedule's config, a few numbers, not as the LR of every step: the stopper's
+    state is pickled at every decision, and 1,000 trials of 25k steps would be 25M floats. The
+    LR table is built when the law first needs it and never pickled.
+    """
+
+    schedule: ScheduleConfig
+    total_steps: int
     replay: float
+
+    @cached_property
+    def lrs(self) -> np.ndarray:
+        table = lr_array(self.schedule, self.total_steps)
+        table.flags.writeable = False
+        return table
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lrs"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
 @dataclass
@@ -186,7 +207,8 @@ class StopRule:
         self.best_final: float | None = None
         self.finished = 0
         self.law: LawForecaster | None = None  # forecaster 'law': built at the first report with losses
-        self._ended: dict[str, TrialCurves] = {}  # every ended trial's curves (finished or stopped)
+        self._ended: list[str] = []  # every ended trial (finished or stopped) with curves, in order
+        self._ended_ids: set[str] = set()
         self._law_fitted_on = 0
 
     @staticmethod
@@ -318,13 +340,13 @@ class StopRule:
         new ended trial up to 20, then each time their number grows by a tenth (a fit of 1,000
         trials takes seconds; benchmarks/search_scale_bench.py)."""
         trial = self._trials.get(trial_id)
-        curves = trial.curves() if trial is not None else None
-        if self.law is None or curves is None or trial_id in self._ended:
+        if self.law is None or trial is None or trial.curves() is None or trial_id in self._ended_ids:
             return
-        self._ended[trial_id] = curves
+        self._ended.append(trial_id)
+        self._ended_ids.add(trial_id)
         n = len(self._ended)
         if self.finished >= self.cfg.forecast_min_trials and (n <= 20 or n >= 1.1 * self._law_fitted_on):
-            self.law.fit(list(self._ended.values()))
+            self.law.fit([self._trials[t].curves() for t in self._ended])
             self._law_fitted_on = n
 
     def _law_forecast(self, trial: _Trial) -> Forecast | None:

@@ -15,7 +15,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search_spaces.knobs import KNOBS, Knob, knob_values
 from sweeps.config.layout import STOPPER_STATE_FILE, StateIncompatible
-from sweeps.config.resolve import trial_lrs
+from sweeps.config.resolve import schedule_config
 from sweeps.config.spec import SweepSpec
 from sweeps.decisions.stop_rule import STOP, Decision, StopRule, StopRuleConfig, TrialSchedule
 from trainers.report_point import ReportPoint
@@ -40,7 +40,8 @@ class TrialScheduleOf:
         knobs = knob_values(config)
         if set(knobs) != set(KNOBS):
             return None  # not a trial of this spec's space (nothing to forecast with)
-        return TrialSchedule(trial_lrs(self.spec, knobs), float(knobs[Knob.REPLAY_RATIO]))
+        return TrialSchedule(schedule_config(self.spec, knobs), self.spec.cadence().total_steps,
+                             float(knobs[Knob.REPLAY_RATIO]))
 
 
 def schedule_aware_scheduler(spec: SweepSpec, decisions_root: str | None = None) -> "ScheduleAwareScheduler":
