@@ -61,6 +61,7 @@ bench: install
 # on 2 cores, and cached in benchmarks/results/sweep_ground_truth.json, which is committed).
 bench-sweep: install
 	$(BIN)/python -m benchmarks.sweep_efficiency
+	$(BIN)/python -m benchmarks.forecast_coverage
 	$(BIN)/python -m benchmarks.search_scale_bench
 
 # Issue #14 on CPU: data preparation memory at two corpus sizes, evaluation memory, checkpoint

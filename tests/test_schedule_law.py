@@ -180,3 +180,24 @@ def test_law_rule_state_pickles_with_its_fit():
     again = pickle.loads(state)
     probe = synthetic_trial(1e-3, 0.05, 0.0, rng).prefix(4)
     assert again.law.forecast(probe) == rule.law.forecast(probe)
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_a_one_eval_loss_spike_does_not_stop_a_trial_the_law_keeps(seed):
+    """+0.3 nats on both losses at one eval (75 noise sd; a loss spike, not divergence): the
+    robust weights treat it as noise, and a stop voted at a surprising eval waits for the next."""
+    import copy
+    import dataclasses
+
+    rng = np.random.default_rng(seed)
+    rule = law_rule()
+    for k, (lr, replay) in enumerate([(3e-4, 0.0), (1e-3, 0.05), (1e-3, 0.25), (3e-4, 0.25), (2e-3, 0.05),
+                                      (6e-4, 0.0), (1.5e-3, 0.25)]):
+        feed(rule, f"seed{k}", synthetic_trial(lr, replay, 0.0, rng), 0.0)
+    bump = synthetic_trial(3e-3, 0.25, 0.0, rng)
+    assert all(d.action == CONTINUE for d in feed(copy.deepcopy(rule), "clean", bump, 0.0))
+    for at in (2, 3, 5, 8):
+        spiked = dataclasses.replace(bump, L_up=tuple(v + 0.3 * (i == at) for i, v in enumerate(bump.L_up)),
+                                     L_down=tuple(v + 0.3 * (i == at) for i, v in enumerate(bump.L_down)))
+        decisions = feed(copy.deepcopy(rule), "spiked", spiked, 0.0)
+        assert all(d.action == CONTINUE for d in decisions), (at, [d.reason for d in decisions if d.action == STOP])

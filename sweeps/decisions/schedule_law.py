@@ -52,6 +52,8 @@ from scipy.signal import lfilter
 ALPHAS = tuple(float(a) for a in np.geomspace(0.05, 3.0, 24))
 OFFSETS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # s0, in steps at eta_ref
 DECAYS = (0.0, 0.9, 0.99, 0.999)  # lam
+ROBUST_K = 3.0  # residuals beyond 3 noise sd are down-weighted (a spike of one eval is noise)
+ROBUST_ITERATIONS = 8
 Z90 = 1.6448536269514722  # the standard normal's 95th percentile: a central 90% interval
 
 
@@ -207,9 +209,24 @@ class MetricModel:
         p = self.params
         a = self.areas(curve.lrs)
         X = _columns(curve, a, p.alpha, p.s0)
-        prior_prec = np.linalg.inv(self.prior.cov)
-        cov = np.linalg.inv(prior_prec + X.T @ X / p.sigma ** 2)
-        theta = cov @ (prior_prec @ self.prior.mean(curve) + X.T @ np.asarray(curve.values) / p.sigma ** 2)
+        y = np.asarray(curve.values, dtype=float)
+        prior_prec, prior_mean = np.linalg.inv(self.prior.cov), self.prior.mean(curve)
+        # Robust weights, by iterative reweighting: a point the trial's own law cannot explain (a
+        # loss spike of one eval, far outside the noise) counts as noise, not as evidence that
+        # the trial is bad. Weight (k / r)^2 beyond k sd, so a point's pull k^2 / r falls as it
+        # lies further out (redescending; Huber's k / r would still pull by k sd). The base
+        # point (step 0) is exact and keeps its weight.
+        w = np.ones(len(y))
+        for _ in range(ROBUST_ITERATIONS):
+            Xw = X.T * w
+            cov = np.linalg.inv(prior_prec + Xw @ X / p.sigma ** 2)
+            theta = cov @ (prior_prec @ prior_mean + Xw @ y / p.sigma ** 2)
+            r = np.abs(y - X @ theta) / p.sigma
+            w_next = np.minimum(1.0, (ROBUST_K / np.maximum(r, 1e-12)) ** 2)
+            w_next[np.asarray(curve.steps) == 0] = 1.0
+            if np.allclose(w_next, w, atol=1e-3):
+                break
+            w = w_next
         T = len(curve.lrs) if at_step is None else at_step
         x = _columns(curve, a, p.alpha, p.s0, steps=[T])[0]
         return float(x @ theta), float(math.sqrt(x @ cov @ x + p.sigma ** 2))
@@ -338,6 +355,19 @@ class LawForecaster:
 
         return Forecast(interval("L_up", mu_up, sd_up), interval("L_down", mu_down, sd_down),
                         interval("objective", J, sd_J), self.coverage)
+
+    def surprise(self, trial: TrialCurves) -> float:
+        """How far the trial's newest point lies from what the law expected of it from the points
+        before (in predictive sd, the larger over L_up and L_down): a spike of one eval shows as
+        a large surprise, a trial that is simply bad as foreseen does not."""
+        if not self.ready or len(trial.steps) < 2:
+            return 0.0
+        before, step = trial.prefix(len(trial.steps) - 1), trial.steps[-1]
+        worst = 0.0
+        for m in METRICS:
+            mean, sd = self.models[m].forecast(before.curve(m), at_step=step)
+            worst = max(worst, abs(getattr(trial, m)[-1] - mean) / sd)
+        return worst
 
     def forecast_untried(self, lrs: Sequence[float], replay: float, base_L_up: float,
                          base_L_down: float) -> Forecast | None:

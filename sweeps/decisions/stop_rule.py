@@ -52,6 +52,7 @@ from trainers.report_point import ReportPoint, RunStatus, is_finite
 from trainers.schedules import ScheduleConfig, lr_array
 
 CONTINUE, STOP = "continue", "stop"
+SURPRISE_SD = 4.0  # a newest eval this many predictive sd from the law's expectation needs confirming
 
 
 class StopRuleSettings(BaseModel):
@@ -176,6 +177,7 @@ class _Trial:
     done: bool = False
     schedule: TrialSchedule | None = None
     points: list = field(default_factory=list)  # (step, L_up, L_down) of each new report, base first
+    law_stop_pending: bool = False  # the law voted stop at a surprising eval: the next one decides
 
     def curves(self) -> TrialCurves | None:
         if self.schedule is None or len(self.points) < 2:
@@ -270,9 +272,18 @@ class StopRule:
         if law is not None and law.objective.hi < self.best_final:
             # No grace here: the law expects the re-warming rise, so a trial is stopped during
             # it only when even the top of its interval, bump included, cannot reach the best.
-            return decide(STOP, f"law forecast final objective {law.objective.mean:.4f} (top of its "
-                                f"{cfg.forecast_coverage:.0%} interval {law.objective.hi:.4f}) < best final "
-                                f"{self.best_final:.4f} ({self.law.fitted_on} ended trials)")
+            verdict = (f"law forecast final objective {law.objective.mean:.4f} (top of its "
+                       f"{cfg.forecast_coverage:.0%} interval {law.objective.hi:.4f}) < best final "
+                       f"{self.best_final:.4f} ({self.law.fitted_on} ended trials)")
+            surprise = self.law.surprise(trial.curves())
+            if surprise > SURPRISE_SD and not trial.law_stop_pending:
+                # The newest eval is far from what the law expected of this trial: a spike of
+                # one eval looks like that, so the next eval must confirm the stop.
+                trial.law_stop_pending = True
+                return decide(CONTINUE, f"{verdict}, but the newest eval is {surprise:.1f} sd from the law's "
+                                        f"expectation: stop deferred until the next eval confirms it")
+            return decide(STOP, verdict)
+        trial.law_stop_pending = False
         if tokens < grace:
             return decide(CONTINUE, f"in warmup + recovery window (until {grace} tokens)")
 
