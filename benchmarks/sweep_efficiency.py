@@ -131,7 +131,7 @@ def strategies(spec, gt: dict) -> dict:
         return {}, tpe(seed, stopped_trials), make_scheduler(s, choice_params), NUM_TRIALS
 
     def tpe_rewarm(seed, root, stopped_trials="truncated"):
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecaster": "linear"})})
+        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": True, "forecaster": "linear"})})
         return {}, tpe(seed, stopped_trials), ScheduleAwareScheduler(stop_rule_config(s), root), NUM_TRIALS
 
     def tpe_rewarm_no_forecast(seed, root):
@@ -142,12 +142,13 @@ def strategies(spec, gt: dict) -> dict:
         # The schedule-law forecaster (sweeps/decisions/schedule_law.py): the scheduler reads each
         # trial's LR schedule and replay ratio off its config, as in a real sweep.
         s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(
-            update={"kind": "rewarm", "forecaster": "law", "rungs": rungs, "forecast_coverage": coverage})})
+            update={"kind": "rewarm", "forecast": True, "forecaster": "law", "rungs": rungs,
+                    "forecast_coverage": coverage})})
         return {}, tpe(seed, stopped_trials), schedule_aware_scheduler(s, root), NUM_TRIALS
 
     def random_rewarm(seed, root):
         space = {n: tune.choice(v) for n, v in axes.items()}
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecaster": "linear"})})
+        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": True, "forecaster": "linear"})})
         return space, BasicVariantGenerator(random_state=seed), ScheduleAwareScheduler(stop_rule_config(s), root), \
             NUM_TRIALS
 

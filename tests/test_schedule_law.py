@@ -122,7 +122,7 @@ def test_no_interval_before_enough_finished_trials():
 
 def law_rule(**kw) -> StopRule:
     cfg = dict(max_tokens=T * 100, recovery_tokens=8 * 100, min_grace_tokens=EVERY * 100, reduction_factor=2,
-               forecaster="law", rungs=False, objective=ObjectiveConfig())
+               forecast=True, forecaster="law", rungs=False, objective=ObjectiveConfig())
     cfg.update(kw)
     return StopRule(StopRuleConfig(**cfg))
 

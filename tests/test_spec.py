@@ -56,6 +56,10 @@ BAD = [
     (_with("name", "a b/c"), "name: use letters"),
     (_with("model.name_or_path", "someone/unknown-model"), "model.pretrain_max_lr is needed"),
     (_with("toy_world.shift", 2.0), "toy_world.shift"),
+    (changed(MINIMAL, {"scheduler.kind": "rewarm", "scheduler.forecast": True, "objective.task": "next_word",
+                      "tasks": [{"name": "next_word", "path": "toy:next_word"}]}),
+     "scheduler.forecaster 'law' forecasts losses"),
+    (_with("scheduler.forecaster", "oracle"), "scheduler.forecaster"),
 ]
 
 

@@ -18,7 +18,7 @@ MAX = N * EVAL
 
 def rule(**kw) -> StopRule:
     cfg = dict(max_tokens=MAX, recovery_tokens=2 * EVAL, min_grace_tokens=EVAL, reduction_factor=2,
-               smoothing=0.5, forecast=False)
+               smoothing=0.5, forecast=False, forecaster="linear")  # the law: tests/test_schedule_law.py
     cfg.update(kw)
     return StopRule(StopRuleConfig(**cfg))
 

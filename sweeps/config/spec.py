@@ -248,7 +248,8 @@ class SweepSpec(_Spec):
             raise ValueError(f"tasks: task names must be unique (got {names})")
         if self.objective.task is not None and self.objective.task not in names:
             raise ValueError(f"objective.task {self.objective.task!r} is not one of the spec's tasks {names}")
-        if self.scheduler.forecaster == "law" and self.objective.task is not None:
+        if (self.scheduler.kind == "rewarm" and self.scheduler.forecast and self.scheduler.forecaster == "law"
+                and self.objective.task is not None):
             raise ValueError("scheduler.forecaster 'law' forecasts losses, and objective.task adds a task metric it "
                              "cannot forecast: use scheduler.forecaster 'linear' with a task in the objective")
         self.pretrain_lr()  # raises naming model.pretrain_max_lr when it cannot be known

@@ -13,12 +13,13 @@ differs in four ways, each a rule below (rule 3 can be turned off: `rungs`) with
    keep the top 1/`reduction_factor`), on an exponential moving average of their objective
    over the points after their grace window, so one noisy eval does not decide and the
    warmup bump does not linger in the average.
-4. **Forecast** (`forecaster`), two kinds:
-   - `linear` (default): once `forecast_min_trials` trials have run to the full budget, a
+4. **Forecast** (`forecast`, off by default: on the sweep-efficiency benchmark the rungs alone
+   kept the best config in every run, every forecaster lost it in some), two kinds:
+   - `linear`: once `forecast_min_trials` trials have run to the full budget, a
      linear map from the smoothed objective at each token count to the final objective is
      fitted over them; a trial whose forecast final objective, plus `forecast_margin_sd`
      prediction standard deviations, is still below the best final seen so far is stopped.
-   - `law`: a schedule law (Tissue et al. 2024; sweeps/decisions/schedule_law.py) is fitted to
+   - `law` (the default kind): a schedule law (Tissue et al. 2024; sweeps/decisions/schedule_law.py) is fitted to
      the L_up and L_down curves of every ended trial, stopped ones included, as functions of
      each trial's known LR schedule and replay ratio; it forecasts a running trial's final
      losses, hence its objective, with a split-conformal `forecast_coverage` interval. The
@@ -62,8 +63,11 @@ class StopRuleSettings(BaseModel):
 
     reduction_factor: int = Field(3, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
     smoothing: float = Field(0.5, gt=0, le=1, description="'rewarm' only: EMA weight of the newest objective (1 = no smoothing).")
-    forecast: bool = Field(True, description="'rewarm' only: stop trials whose forecast final objective is dominated.")
-    forecaster: Literal["law", "linear"] = Field("linear", description=(
+    forecast: bool = Field(False, description=(
+        "'rewarm' only: also stop trials whose forecast final objective is dominated (`forecaster`). Off by "
+        "default: on the sweep-efficiency benchmark every forecaster lost the best config in some runs "
+        "that the rungs alone kept (README, Sweep efficiency)."))
+    forecaster: Literal["law", "linear"] = Field("law", description=(
         "'rewarm' only: 'law' fits a schedule law (L = L0 + A (S1 + s0)^-alpha - C S2 over each trial's LR "
         "schedule; sweeps/decisions/schedule_law.py) to every ended trial and stops a trial, at any point "
         "including its re-warming rise, once the top of its calibrated `forecast_coverage` interval is below "
@@ -71,7 +75,7 @@ class StopRuleSettings(BaseModel):
         "over finished trials and stops when forecast + forecast_margin_sd sd is below the best final."))
     forecast_min_trials: int = Field(3, ge=3, description="'rewarm' only: finished trials needed before forecasting.")
     forecast_margin_sd: float = Field(1.0, ge=0, description="'rewarm', forecaster 'linear' only: stop if forecast + this many prediction sd < best final.")
-    forecast_coverage: float = Field(0.9, gt=0.5, lt=1, description="'rewarm', forecaster 'law' only: coverage of the forecast interval whose top must be below the best final to stop.")
+    forecast_coverage: float = Field(0.95, gt=0.5, lt=1, description="'rewarm', forecaster 'law' only: coverage of the forecast interval whose top must be below the best final to stop.")
     rungs: bool = Field(True, description="'rewarm' only: also stop at ASHA-style rungs (bottom of the smoothed objective at equal tokens); false: only forecasts and divergence stop trials.")
 
     def settings(self) -> dict:
