@@ -86,7 +86,11 @@ def forecast_sweep(client, sweep: str, experiment: str | None = None, coverage: 
             (base.L_up, *(up[s] for s in steps)), (base.L_down, *(down[s] for s in steps)))
 
     forecaster = LawForecaster(objective, coverage=coverage)
-    forecaster.fit([curves[t["trial_id"]] for t in trials if t["status"] in FITTED_STATUSES and t["trial_id"] in curves])
+    try:
+        forecaster.fit([curves[t["trial_id"]] for t in trials
+                        if t["status"] in FITTED_STATUSES and t["trial_id"] in curves])
+    except ValueError as exc:  # degenerate curves (numpy's LinAlgError is a ValueError too)
+        raise ForecastError(f"sweep {sweep!r}: the law could not be fitted to its curves ({exc})") from None
     if not forecaster.ready:
         ended = sum(t["status"] in FITTED_STATUSES for t in trials)
         raise ForecastError(f"sweep {sweep!r}: the law needs at least 3 ended trials with 3+ evals each, 2 of them "
