@@ -91,13 +91,17 @@ def test_forecast_gives_every_trial_an_interval_and_ranks_the_untried_configs(ta
     # the default space's max_lr and replay ratio are continuous: 5 x 5 candidates, none tried exactly
     untried = result["untried"]
     assert len(untried) == 25 and base["L_down"] > 0
-    means = [u["objective"]["mean"] for u in untried]
-    assert means == sorted(means, reverse=True) and len(set(means)) > 1
+    # inside the finished trials' peak LRs and replay ratios first, best predicted first; the
+    # extrapolated ones (the space's corners, beyond any finished trial) after
+    order = [(u["extrapolated"], -u["objective"]["mean"]) for u in untried]
+    assert order == sorted(order) and len({u["objective"]["mean"] for u in untried}) > 1
+    assert any(u["extrapolated"] for u in untried)  # the space's extreme LRs: no trial ran there
     assert all(u["objective"]["lo"] < u["objective"]["mean"] < u["objective"]["hi"] for u in untried)
 
     table = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri],
                            capture_output=True, text=True, timeout=300)
-    assert table.returncode == 0 and "not tried yet (25 configs" in table.stdout, table.stdout + table.stderr
+    assert table.returncode == 0 and "untried grid configs), best predicted first" in table.stdout, \
+        table.stdout + table.stderr
     bad = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri, "--coverage", "1.5"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [

@@ -149,7 +149,7 @@ def feed(rule: StopRule, trial_id: str, trial: TrialCurves, warmup: float):
 def test_law_keeps_a_bump_trial_that_ends_best_and_stops_a_dominated_one():
     rng = np.random.default_rng(4)
     rule = law_rule()
-    for k, (lr, replay) in enumerate([(3e-4, 0.0), (1e-3, 0.05), (1e-3, 0.25), (3e-4, 0.25), (2e-3, 0.05),
+    for k, (lr, replay) in enumerate([(1.5e-4, 0.0), (1e-3, 0.05), (1e-3, 0.25), (3e-4, 0.25), (4e-3, 0.05),
                                       (6e-4, 0.0), (1.5e-3, 0.25)]):
         feed(rule, f"seed{k}", synthetic_trial(lr, replay, 0.0, rng), 0.0)
     assert rule.law.ready
@@ -191,7 +191,7 @@ def test_a_one_eval_loss_spike_does_not_stop_a_trial_the_law_keeps(seed):
 
     rng = np.random.default_rng(seed)
     rule = law_rule()
-    for k, (lr, replay) in enumerate([(3e-4, 0.0), (1e-3, 0.05), (1e-3, 0.25), (3e-4, 0.25), (2e-3, 0.05),
+    for k, (lr, replay) in enumerate([(1.5e-4, 0.0), (1e-3, 0.05), (1e-3, 0.25), (3e-4, 0.25), (4e-3, 0.05),
                                       (6e-4, 0.0), (1.5e-3, 0.25)]):
         feed(rule, f"seed{k}", synthetic_trial(lr, replay, 0.0, rng), 0.0)
     bump = synthetic_trial(3e-3, 0.25, 0.0, rng)
@@ -201,3 +201,16 @@ def test_a_one_eval_loss_spike_does_not_stop_a_trial_the_law_keeps(seed):
                                      L_down=tuple(v + 0.3 * (i == at) for i, v in enumerate(bump.L_down)))
         decisions = feed(copy.deepcopy(rule), "spiked", spiked, 0.0)
         assert all(d.action == CONTINUE for d in decisions), (at, [d.reason for d in decisions if d.action == STOP])
+
+
+def test_the_law_does_not_stop_a_trial_beyond_the_finished_trials_peak_lrs():
+    rng = np.random.default_rng(4)
+    rule = law_rule()
+    for k, (lr, replay) in enumerate([(3e-4, 0.0), (1e-3, 0.05), (1e-3, 0.25), (3e-4, 0.25), (6e-4, 0.0)]):
+        feed(rule, f"seed{k}", synthetic_trial(lr, replay, 0.0, rng), 0.0)
+    far = synthetic_trial(1e-2, 0.0, 0.0, rng)  # 10x the highest finished peak LR
+    assert rule.law.forecast(far.prefix(4)).extrapolated
+    assert not rule.law.forecast(synthetic_trial(6e-4, 0.05, 0.0, rng).prefix(4)).extrapolated
+    decisions = feed(rule, "far", far, 0.0)
+    assert not any(d.action == STOP and "law" in d.reason for d in decisions)
+    assert any("outside the finished trials' range" in d.reason for d in decisions)

@@ -301,6 +301,10 @@ class Forecast:
     L_down: Interval
     objective: Interval
     coverage: float
+    # The trial's peak LR or replay ratio lies outside those of the finished trials: the law
+    # extrapolates (the prior's regression beyond its data, the annealing term beyond any
+    # finished schedule) and the intervals, calibrated on finished trials, do not cover that.
+    extrapolated: bool = False
 
 
 class LawForecaster:
@@ -318,6 +322,7 @@ class LawForecaster:
         self.eta_ref = eta_ref
         self.models: dict[str, MetricModel] = {}
         self.scales: dict[str, dict[int, float]] = {}
+        self.covered: tuple | None = None  # (log peak LR, replay) ranges of the finished trials
         self.fitted_on = 0
 
     @property
@@ -334,6 +339,10 @@ class LawForecaster:
         self.eta_ref = eta_ref
         self.models = {m: fit_metric([t.curve(m) for t in usable], eta_ref) for m in METRICS}
         self.scales = self._calibrate([t for t in usable if t.finished])
+        finished = [t for t in usable if t.finished]
+        g = [math.log(float(np.max(t.lrs))) for t in finished]
+        r = [float(t.replay) for t in finished]
+        self.covered = ((min(g), max(g)), (min(r), max(r)))
         self.fitted_on = len(usable)
 
     def forecast(self, trial: TrialCurves) -> Forecast | None:
@@ -354,7 +363,19 @@ class LawForecaster:
             return Interval(mean, None, None) if k is None else Interval(mean, mean - k * z * sd, mean + k * z * sd)
 
         return Forecast(interval("L_up", mu_up, sd_up), interval("L_down", mu_down, sd_down),
-                        interval("objective", J, sd_J), self.coverage)
+                        interval("objective", J, sd_J), self.coverage, self.extrapolates(trial))
+
+    def extrapolates(self, trial: TrialCurves) -> bool:
+        """Whether the trial's peak LR or replay ratio lies outside the finished trials' (with a
+        margin of 5% of each range, or of the value where the range is one point)."""
+        if self.covered is None:
+            return True
+        x = (math.log(float(np.max(trial.lrs))), float(trial.replay))
+        for v, (lo, hi) in zip(x, self.covered):
+            margin = 0.05 * (hi - lo) if hi > lo else 0.05 * abs(hi) + 1e-12
+            if not lo - margin <= v <= hi + margin:
+                return True
+        return False
 
     def surprise(self, trial: TrialCurves) -> float:
         """How far the trial's newest point lies from what the law expected of it from the points

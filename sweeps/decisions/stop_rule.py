@@ -273,6 +273,13 @@ class StopRule:
             crossed.append(trial.next_rung)
             trial.next_rung += 1
         law = self._law_forecast(trial) if cfg.forecast and cfg.forecaster == "law" else None
+        if law is not None and law.extrapolated:
+            # Beyond the finished trials' peak LRs or replay ratios the law extrapolates and its
+            # intervals are not calibrated: it does not stop such a trial (rungs still may).
+            law_note = "law: peak LR or replay outside the finished trials' range, no law stop"
+            law = None
+        else:
+            law_note = None
         if law is not None and law.objective.hi < self.best_final:
             # No grace here: the law expects the re-warming rise, so a trial is stopped during
             # it only when even the top of its interval, bump included, cannot reach the best.
@@ -299,6 +306,8 @@ class StopRule:
                 return decide(STOP, f"rung {self.rungs[rung]} tokens: smoothed objective {trial.smoothed:.4f} < "
                                     f"top-1/{cfg.reduction_factor} cutoff {cutoff:.4f} of {len(values) - 1} trials")
 
+        if law_note is not None:
+            return decide(CONTINUE, law_note)
         if law is not None:
             return decide(CONTINUE, f"law forecast final objective {law.objective.mean:.4f} in "
                                     f"[{law.objective.lo:.4f}, {law.objective.hi:.4f}] can still reach the best "

@@ -104,8 +104,10 @@ def forecast_sweep(client, sweep: str, experiment: str | None = None, coverage: 
             continue
         fc = forecaster.forecast_untried(trial_lrs(spec, knobs), float(knobs[Knob.REPLAY_RATIO]), base.L_up, base.L_down)
         untried.append({"knobs": knobs, **_intervals(fc, base)})
-    untried.sort(key=lambda r: -r["objective"]["mean"])
-    rows.sort(key=lambda r: -(r["objective"]["mean"] if r["objective"] else -math.inf))
+    # Configs inside what finished trials cover first: beyond it the law extrapolates and its
+    # intervals are not calibrated, so those are listed after, marked, never as "the best".
+    untried.sort(key=lambda r: (r["extrapolated"], -r["objective"]["mean"]))
+    rows.sort(key=lambda r: (bool(r["extrapolated"]), -(r["objective"]["mean"] if r["objective"] else -math.inf)))
     return SweepForecast(sweep, coverage, forecaster.fitted_on, base, rows, untried)
 
 
@@ -115,7 +117,8 @@ def _row(trial: dict, curves: TrialCurves | None, forecaster: LawForecaster, bas
            "observed": {k: trial[k] for k in ("gain", "forgetting", "objective") if k in trial},
            "steps_seen": curves.steps[-1] if curves else 0, "steps_total": len(curves.lrs) if curves else None}
     fc = forecaster.forecast(curves) if curves is not None and trial["status"] in FORECAST_STATUSES else None
-    return {**row, **(_intervals(fc, base) if fc else {"gain": None, "forgetting": None, "objective": None})}
+    return {**row, **(_intervals(fc, base) if fc else {"gain": None, "forgetting": None, "objective": None,
+                                                        "extrapolated": None})}
 
 
 def _intervals(fc: Forecast, base: BaseReference) -> dict:
@@ -130,7 +133,8 @@ def _intervals(fc: Forecast, base: BaseReference) -> dict:
                 "hi": None if iv.hi is None else iv.hi - ref}
 
     return {"gain": flip(fc.L_down, base.L_down), "forgetting": shift(fc.L_up, base.L_up),
-            "objective": {"mean": fc.objective.mean, "lo": fc.objective.lo, "hi": fc.objective.hi}}
+            "objective": {"mean": fc.objective.mean, "lo": fc.objective.lo, "hi": fc.objective.hi},
+            "extrapolated": fc.extrapolated}
 
 
 def _candidates(spec) -> list[dict]:
@@ -171,16 +175,25 @@ def render_table(result: SweepForecast, top_untried: int = 5) -> str:
     for r in result.trials:
         seen = f"{r['steps_seen']}/{r['steps_total']}" if r["steps_total"] else "-"
         observed = r["observed"].get("objective")
-        lines.append(f"{r['trial_id'] or '-':<12} {r['status']:<14} {seen:>9}  {_fmt(r['gain']):<26} "
+        mark = "*" if r["extrapolated"] else " "
+        lines.append(f"{r['trial_id'] or '-':<11}{mark} {r['status']:<14} {seen:>9}  {_fmt(r['gain']):<26} "
                      f"{_fmt(r['forgetting']):<26} {_fmt(r['objective']):<26} "
                      f"{'-' if observed is None else f'{observed:+.3f}':>12}  {format_knobs(r['knobs'])}")
-    if result.untried:
-        lines.append(f"not tried yet ({len(result.untried)} configs of the space), best predicted first:")
-        for r in result.untried[:top_untried]:
+    inside = [r for r in result.untried if not r["extrapolated"]]
+    if inside:
+        lines.append(f"not tried yet, inside the finished trials' peak LRs and replay ratios ({len(inside)} of the "
+                     f"space's {len(result.untried)} untried grid configs), best predicted first:")
+        for r in inside[:top_untried]:
             lines.append(f"  objective {_fmt(r['objective']):<26} gain {_fmt(r['gain']):<26} "
                          f"forgetting {_fmt(r['forgetting']):<26} {format_knobs(r['knobs'])}")
+    elif result.untried:
+        lines.append(f"every untried config ({len(result.untried)}) lies outside the finished trials' peak LRs or "
+                     f"replay ratios: the law would extrapolate, so none is ranked")
     else:
         lines.append("every config of the space's grid has been tried")
+    if any(r["extrapolated"] for r in result.trials) or len(inside) < len(result.untried):
+        lines.append("* peak LR or replay outside the finished trials': the law extrapolates, its interval is not "
+                     "calibrated there")
     return "\n".join(lines)
 
 

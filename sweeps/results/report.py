@@ -216,11 +216,12 @@ def plot_forecast(result: SweepForecast, path: Path, top_untried: int = 5) -> No
     """Each trial's forecast final objective with its interval (observed final as a cross), then
     the best predicted configs not tried yet."""
     plt = _plt()
-    rows = [r for r in result.trials if r["objective"]] + result.untried[:top_untried]
+    rows = [r for r in result.trials if r["objective"]] + [u for u in result.untried if not u["extrapolated"]][:top_untried]
     fig, ax = plt.subplots(figsize=(8, 0.8 + 0.28 * len(rows)))
     for y, r in enumerate(rows):
         iv, untried = r["objective"], "trial_id" not in r
-        color = "tab:green" if untried else ("tab:blue" if r["status"] == TrialStatus.COMPLETED else "tab:orange")
+        color = ("tab:gray" if r["extrapolated"] else "tab:green" if untried
+                 else "tab:blue" if r["status"] == TrialStatus.COMPLETED else "tab:orange")
         if iv["lo"] is not None:
             ax.plot([iv["lo"], iv["hi"]], [y, y], color=color, lw=2, alpha=0.6)
         ax.plot(iv["mean"], y, "o", color=color, ms=4)
@@ -231,7 +232,7 @@ def plot_forecast(result: SweepForecast, path: Path, top_untried: int = 5) -> No
                                      for r in rows], fontsize=6)
     ax.invert_yaxis()
     ax.set_xlabel(f"final objective: forecast and {result.coverage:.0%} interval (blue completed, orange stopped or "
-                  f"running, green untried; x observed)")
+                  f"running, green untried, grey extrapolated; x observed)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
