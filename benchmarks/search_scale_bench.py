@@ -159,7 +159,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = StopRuleConfig(max_tokens=MAX_TOKENS, recovery_tokens=MAX_TOKENS // 10, min_grace_tokens=16384)
-        law_cfg = cfg.model_copy(update={"forecaster": "law", "rungs": False})
+        law_cfg = cfg.model_copy(update={"forecast": True, "forecaster": "law", "rungs": False})
         law_root = Path(tmp) / "law" / "decisions"
         result = {
             "history": HISTORY, "reports_per_trial": REPORTS,

@@ -35,6 +35,7 @@ REGRET_GOAL = 0.02           # share of the grid's objective range
 COMPUTE_GOAL = 0.20          # share of the grid's compute, every seed
 MEDIAN_GOAL = 0.10           # share of the grid's compute, median over seeds
 FALSE_KILL_GOAL = 0.05       # share of stops on top-10% configs
+RUN_BUDGET_S = 120           # wall-time budget of one strategy run (a run takes 3-10 s)
 KNOB_ORDER = ("max_lr", "replay_ratio", "warmup_frac", "schedule")
 
 
@@ -180,16 +181,23 @@ def run_strategy(name: str, make, seed: int, gt: dict, curves_ref, warmup_ref, s
     tuner = tune.Tuner(
         tune.with_parameters(replay_trainable, curves=curves_ref, warmup_tokens=warmup_ref),
         param_space=space,
+        # A budget on the run's wall time: a run takes 3-10 s, but Tune's HyperBand can stall for
+        # good with every trial paused (seen 2026-12-03, "no trial is running"); the run then
+        # ends at the budget with what its trials reached, and is marked stalled.
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=samples,
-                                    max_concurrent_trials=1, reuse_actors=True),
+                                    max_concurrent_trials=1, reuse_actors=True, time_budget_s=RUN_BUDGET_S),
         run_config=tune.RunConfig(name="run", storage_path=str(root), verbose=0),
     )
+    t0 = time.time()
     grid = tuner.fit()
+    stalled = time.time() - t0 >= RUN_BUDGET_S
     ended = []
     for r in grid:
         m = r.metrics
+        if not m or "config_key" not in m:
+            continue  # never started (the budget ran out first): it cost nothing
         ended.append({"key": m["config_key"], "tokens": int(m["tokens"]), "observed": m["objective"],
-                      "started_ns": m["started_ns"], "trial_id": m["trial_id"]})
+                      "started_ns": m["started_ns"], "trial_id": m["trial_id"], "stalled_run": stalled})
     return in_start_order(ended)
 
 
@@ -303,11 +311,13 @@ def main() -> None:
                 t0 = time.time()
                 trials = run_strategy(name, make, seed, gt, curves_ref, warmup_ref, Path(tmp))
                 run = evaluate(trials, gt_by_key, max_tokens, best, span, top_keys, trial_start_s)
-                run.update(seed=seed, driver_s=time.time() - t0)
+                run.update(seed=seed, driver_s=time.time() - t0,
+                           stalled=any(t.get("stalled_run") for t in trials))
                 runs.append(run)
                 print(f"{name:28s} seed {seed}: regret {run['final_regret']:.3%}, compute "
                       f"{run['tokens'] / grid_tokens:.1%} of grid, {run['stopped']} stopped "
-                      f"({run['false_kills']} false kills), chosen {run['chosen']}  [{run['driver_s']:.0f} s]")
+                      f"({run['false_kills']} false kills), chosen {run['chosen']}  [{run['driver_s']:.0f} s]"
+                      + ("  STALLED: Tune's run hit its time budget" if run["stalled"] else ""), flush=True)
             results[name] = summarize(runs, grid_tokens)
     ray.shutdown()
     report = {
@@ -347,6 +357,7 @@ def summarize(runs: list[dict], grid_tokens: int) -> dict:
         "compute_share_to_goal_median": _median_or_never(
             [r["tokens_to_goal"] / grid_tokens if r["tokens_to_goal"] else math.inf for r in runs]),
         "runs_reaching_goal": sum(r["tokens_to_goal"] is not None for r in runs), "runs": len(runs),
+        "stalled_runs": sum(bool(r.get("stalled")) for r in runs),
         "stopped_trials": stopped, "false_kills": sum(r["false_kills"] for r in runs),
         "false_kill_rate": sum(r["false_kills"] for r in runs) / stopped if stopped else 0.0,
         "false_kills_unfinished_config": sum(r["false_kills_unfinished_config"] for r in runs),

@@ -52,6 +52,7 @@ from scipy.signal import lfilter
 ALPHAS = tuple(float(a) for a in np.geomspace(0.05, 3.0, 24))
 OFFSETS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # s0, in steps at eta_ref
 DECAYS = (0.0, 0.9, 0.99, 0.999)  # lam
+CALIBRATION_TRIALS = 100  # finished trials the intervals are calibrated on (the newest)
 ROBUST_K = 3.0  # residuals beyond 3 noise sd are down-weighted (a spike of one eval is noise)
 ROBUST_ITERATIONS = 8
 Z90 = 1.6448536269514722  # the standard normal's 95th percentile: a central 90% interval
@@ -338,7 +339,10 @@ class LawForecaster:
         eta_ref = self.eta_ref or float(np.median([np.max(t.lrs) for t in usable]))
         self.eta_ref = eta_ref
         self.models = {m: fit_metric([t.curve(m) for t in usable], eta_ref) for m in METRICS}
-        self.scales = self._calibrate([t for t in usable if t.finished])
+        # Calibration forecasts every prefix of each finished trial under a leave-one-out prior:
+        # the newest CALIBRATION_TRIALS are plenty for a conformal quantile, and keep a refit
+        # over 1,000 trials in the driver's event loop to seconds.
+        self.scales = self._calibrate([t for t in usable if t.finished][-CALIBRATION_TRIALS:])
         finished = [t for t in usable if t.finished]
         g = [math.log(float(np.max(t.lrs))) for t in finished]
         r = [float(t.replay) for t in finished]

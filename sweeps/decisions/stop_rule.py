@@ -14,7 +14,7 @@ differs in four ways, each a rule below (rule 3 can be turned off: `rungs`) with
    over the points after their grace window, so one noisy eval does not decide and the
    warmup bump does not linger in the average.
 4. **Forecast** (`forecast`, off by default: on the sweep-efficiency benchmark the rungs alone
-   kept the best config in every run, every forecaster lost it in some), two kinds:
+   kept a near-best config in every run with the least compute), two kinds:
    - `linear`: once `forecast_min_trials` trials have run to the full budget, a
      linear map from the smoothed objective at each token count to the final objective is
      fitted over them; a trial whose forecast final objective, plus `forecast_margin_sd`
@@ -65,8 +65,8 @@ class StopRuleSettings(BaseModel):
     smoothing: float = Field(0.5, gt=0, le=1, description="'rewarm' only: EMA weight of the newest objective (1 = no smoothing).")
     forecast: bool = Field(False, description=(
         "'rewarm' only: also stop trials whose forecast final objective is dominated (`forecaster`). Off by "
-        "default: on the sweep-efficiency benchmark every forecaster lost the best config in some runs "
-        "that the rungs alone kept (README, Sweep efficiency)."))
+        "default: on the sweep-efficiency benchmark the rungs alone kept a near-best config in every run with "
+        "less compute than the law, and the linear forecast lost it in some (README, Sweep efficiency)."))
     forecaster: Literal["law", "linear"] = Field("law", description=(
         "'rewarm' only: 'law' fits a schedule law (L = L0 + A (S1 + s0)^-alpha - C S2 over each trial's LR "
         "schedule; sweeps/decisions/schedule_law.py) to every ended trial and stops a trial, at any point "
