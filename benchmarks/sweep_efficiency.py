@@ -93,8 +93,7 @@ def strategies(spec, gt: dict) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from search_spaces.params import Choice
-    from sweeps.execution.schedulers import ScheduleAwareScheduler
-    from sweeps.execution.schedulers import make_scheduler, schedule_aware_scheduler, stop_rule_config
+    from sweeps.execution.schedulers import make_scheduler, schedule_aware_scheduler
     from sweeps.execution.search import make_searcher
 
     axes = _axes(gt)
@@ -127,31 +126,32 @@ def strategies(spec, gt: dict) -> dict:
         s = s.model_copy(update={"search_space": s.search_space.model_copy(update={"stopped_trials": stopped_trials})})
         return make_searcher(s, choice_params)
 
+    def with_scheduler(seed, **changes):
+        return with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update=changes)})
+
+    def rewarm(seed, root, **changes):
+        # The schedule-aware stopper as a real sweep builds it: the scheduler reads each trial's
+        # LR schedule and replay ratio off its config (for the schedule law).
+        return schedule_aware_scheduler(with_scheduler(seed, kind="rewarm", **changes), root)
+
     def tpe_asha(seed, root, stopped_trials="truncated"):
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"kind": "asha"})})
-        return {}, tpe(seed, stopped_trials), make_scheduler(s, choice_params), NUM_TRIALS
+        return {}, tpe(seed, stopped_trials), make_scheduler(with_scheduler(seed, kind="asha"), choice_params), NUM_TRIALS
 
     def tpe_rewarm(seed, root, stopped_trials="truncated"):
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": True, "forecaster": "linear"})})
-        return {}, tpe(seed, stopped_trials), ScheduleAwareScheduler(stop_rule_config(s), root), NUM_TRIALS
+        return {}, tpe(seed, stopped_trials), rewarm(seed, root, forecast=True, forecaster="linear"), NUM_TRIALS
 
     def tpe_rewarm_no_forecast(seed, root):
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": False})})
-        return {}, tpe(seed), ScheduleAwareScheduler(stop_rule_config(s), root), NUM_TRIALS
+        return {}, tpe(seed), rewarm(seed, root, forecast=False), NUM_TRIALS
 
     def tpe_rewarm_law(seed, root, stopped_trials="truncated", rungs=True, coverage=0.9):
-        # The schedule-law forecaster (sweeps/decisions/schedule_law.py): the scheduler reads each
-        # trial's LR schedule and replay ratio off its config, as in a real sweep.
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(
-            update={"kind": "rewarm", "forecast": True, "forecaster": "law", "rungs": rungs,
-                    "forecast_coverage": coverage})})
-        return {}, tpe(seed, stopped_trials), schedule_aware_scheduler(s, root), NUM_TRIALS
+        # The schedule-law forecaster (sweeps/decisions/schedule_law.py).
+        return {}, tpe(seed, stopped_trials), rewarm(seed, root, forecast=True, forecaster="law", rungs=rungs,
+                                                     forecast_coverage=coverage), NUM_TRIALS
 
     def random_rewarm(seed, root):
         space = {n: tune.choice(v) for n, v in axes.items()}
-        s = with_seed(seed).model_copy(update={"scheduler": spec.scheduler.model_copy(update={"forecast": True, "forecaster": "linear"})})
-        return space, BasicVariantGenerator(random_state=seed), ScheduleAwareScheduler(stop_rule_config(s), root), \
-            NUM_TRIALS
+        return (space, BasicVariantGenerator(random_state=seed), rewarm(seed, root, forecast=True, forecaster="linear"),
+                NUM_TRIALS)
 
     def pruned(make):
         return lambda seed, root: make(seed, root, stopped_trials="pruned")

@@ -115,7 +115,8 @@ def lr_table(cfg: ScheduleConfig, total_steps: int) -> list[float]:
 def lr_array(cfg: ScheduleConfig, total_steps: int):
     """`lr_table` as a NumPy array, computed in NumPy: the schedule law reads whole schedules of
     10^4-10^5 steps per trial, where the per-step Python of `lr_at` costs 1 us a step. Equal to
-    `lr_table` to rounding (tests/test_schedules.py, every kind)."""
+    `lr_table` to rounding (tests/test_schedules.py, every kind). Read-only: schedules are shared
+    and cached by whoever reads them."""
     import numpy as np
 
     if total_steps <= 0:
@@ -145,4 +146,6 @@ def lr_array(cfg: ScheduleConfig, total_steps: int):
                                   const_lr + (cfg.min_lr - const_lr) * (step - start + 1) / max(anneal, 1)))
     else:
         raise ValueError(f"unknown schedule {cfg.kind!r}; choose one of {SCHEDULES}")
-    return np.where(step < W, cfg.max_lr * (step + 1) / (W + 1), after)
+    table = np.where(step < W, cfg.max_lr * (step + 1) / (W + 1), after)
+    table.flags.writeable = False
+    return table

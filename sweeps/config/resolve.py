@@ -186,9 +186,7 @@ def schedule_config(spec: SweepSpec, knobs: dict) -> ScheduleConfig:
 def trial_lrs(spec: SweepSpec, knobs: dict):
     """The LR of each optimizer step of a trial at these knobs, as a read-only array (what the
     schedule law reads)."""
-    table = lr_array(schedule_config(spec, knobs), spec.cadence().total_steps)
-    table.flags.writeable = False
-    return table
+    return lr_array(schedule_config(spec, knobs), spec.cadence().total_steps)
 
 
 def trial_config(resolved: ResolvedSweep, knobs: dict, run_dir: Path | None = None) -> TrialConfig:

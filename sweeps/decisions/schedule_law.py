@@ -150,8 +150,12 @@ def fit_law(curves: Sequence[Curve], eta_ref: float, base_final_lr: float = 0.0,
 def _features(curve: Curve) -> np.ndarray:
     """What a trial's terms are regressed on before its own points say more: its replay ratio
     and its peak LR (log, relative to the sweep's first point of the schedule)."""
-    g = math.log(float(np.max(curve.lrs)))
+    g = _log_peak_lr(curve.lrs)
     return np.array([1.0, curve.replay, g, g * g])
+
+
+def _log_peak_lr(lrs: Sequence[float]) -> float:
+    return math.log(float(np.max(lrs)))
 
 
 @dataclass
@@ -342,9 +346,9 @@ class LawForecaster:
         # Calibration forecasts every prefix of each finished trial under a leave-one-out prior:
         # the newest CALIBRATION_TRIALS are plenty for a conformal quantile, and keep a refit
         # over 1,000 trials in the driver's event loop to seconds.
-        self.scales = self._calibrate([t for t in usable if t.finished][-CALIBRATION_TRIALS:])
         finished = [t for t in usable if t.finished]
-        g = [math.log(float(np.max(t.lrs))) for t in finished]
+        self.scales = self._calibrate(finished[-CALIBRATION_TRIALS:])
+        g = [_log_peak_lr(t.lrs) for t in finished]
         r = [float(t.replay) for t in finished]
         self.covered = ((min(g), max(g)), (min(r), max(r)))
         self.fitted_on = len(usable)
@@ -374,7 +378,7 @@ class LawForecaster:
         margin of 5% of each range, or of the value where the range is one point)."""
         if self.covered is None:
             return True
-        x = (math.log(float(np.max(trial.lrs))), float(trial.replay))
+        x = (_log_peak_lr(trial.lrs), float(trial.replay))
         for v, (lo, hi) in zip(x, self.covered):
             margin = 0.05 * (hi - lo) if hi > lo else 0.05 * abs(hi) + 1e-12
             if not lo - margin <= v <= hi + margin:
@@ -405,28 +409,25 @@ class LawForecaster:
                                                      for n in (*METRICS, "objective")}
         if len(finished) < 3:
             return {}
-        full = dict(self.models)
         curves = {m: [t.curve(m) for t in finished] for m in METRICS}
-        terms = {m: np.stack([_fit_terms(full[m], c) for c in curves[m]]) for m in METRICS}
+        terms = {m: np.stack([_fit_terms(self.models[m], c) for c in curves[m]]) for m in METRICS}
         keep = np.ones(len(finished), bool)
         for j, trial in enumerate(finished):
             # Leave-one-out: this trial's own terms must not be in the prior that forecasts it.
             keep[j] = False
-            for m in METRICS:
-                others = [c for c, k in zip(curves[m], keep) if k]
-                self.models[m] = dataclasses.replace(full[m], prior=TrialPrior.from_fits(terms[m][keep], others))
+            loo = {m: dataclasses.replace(self.models[m], prior=TrialPrior.from_fits(
+                terms[m][keep], [c for c, k in zip(curves[m], keep) if k])) for m in METRICS}
             keep[j] = True
             truth = {"L_up": trial.L_up[-1], "L_down": trial.L_down[-1]}
             truth["objective"] = self.objective(truth["L_up"], truth["L_down"])
             for n in range(1, len(trial.steps)):  # every prefix short of the end, from the base point alone
                 prefix = trial.prefix(n)
                 b = _bucket(prefix)
-                mu = {m: self.models[m].forecast(prefix.curve(m)) for m in METRICS}
+                mu = {m: loo[m].forecast(prefix.curve(m)) for m in METRICS}
                 for m in METRICS:
                     scores[m][b].append((truth[m] - mu[m][0]) / mu[m][1])
                 J, sd_J = _objective_moments(self.objective, mu)
                 scores["objective"][b].append((truth["objective"] - J) / max(sd_J, 1e-12))
-        self.models = full
         out: dict[str, dict[int, float]] = {}
         for name, by_bucket in scores.items():
             pooled = [z for zs in by_bucket.values() for z in zs]

@@ -161,9 +161,7 @@ class TrialSchedule:
 
     @cached_property
     def lrs(self) -> np.ndarray:
-        table = lr_array(self.schedule, self.total_steps)
-        table.flags.writeable = False
-        return table
+        return lr_array(self.schedule, self.total_steps)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "lrs"}
@@ -212,9 +210,11 @@ class StopRule:
         self._trials: dict[str, _Trial] = {}
         self.best_final: float | None = None
         self.finished = 0
-        self.law: LawForecaster | None = None  # forecaster 'law': built at the first report with losses
-        self._ended: list[str] = []  # every ended trial (finished or stopped) with curves, in order
-        self._ended_ids: set[str] = set()
+        # The law's curves, fits and refits cost work at every report and trial end: only when
+        # it decides (forecast on, forecaster 'law').
+        self.uses_law = cfg.forecast and cfg.forecaster == "law"
+        self.law: LawForecaster | None = None  # built at the first report with losses
+        self._ended: dict[str, None] = {}  # every ended trial with curves (finished or stopped), in order
         self._law_fitted_on = 0
 
     @staticmethod
@@ -272,14 +272,12 @@ class StopRule:
         while trial.next_rung < len(self.rungs) and tokens >= self.rungs[trial.next_rung]:
             crossed.append(trial.next_rung)
             trial.next_rung += 1
-        law = self._law_forecast(trial) if cfg.forecast and cfg.forecaster == "law" else None
-        if law is not None and law.extrapolated:
-            # Beyond the finished trials' peak LRs or replay ratios the law extrapolates and its
-            # intervals are not calibrated: it does not stop such a trial (rungs still may).
-            law_note = "law: peak LR or replay outside the finished trials' range, no law stop"
+        law = self._law_forecast(trial) if self.uses_law else None
+        # Beyond the finished trials' peak LRs or replay ratios the law extrapolates and its
+        # intervals are not calibrated: it does not stop such a trial (rungs still may).
+        extrapolated = law is not None and law.extrapolated
+        if extrapolated:
             law = None
-        else:
-            law_note = None
         if law is not None and law.objective.hi < self.best_final:
             # No grace here: the law expects the re-warming rise, so a trial is stopped during
             # it only when even the top of its interval, bump included, cannot reach the best.
@@ -306,8 +304,8 @@ class StopRule:
                 return decide(STOP, f"rung {self.rungs[rung]} tokens: smoothed objective {trial.smoothed:.4f} < "
                                     f"top-1/{cfg.reduction_factor} cutoff {cutoff:.4f} of {len(values) - 1} trials")
 
-        if law_note is not None:
-            return decide(CONTINUE, law_note)
+        if extrapolated:
+            return decide(CONTINUE, "law: peak LR or replay outside the finished trials' range, no law stop")
         if law is not None:
             return decide(CONTINUE, f"law forecast final objective {law.objective.mean:.4f} in "
                                     f"[{law.objective.lo:.4f}, {law.objective.hi:.4f}] can still reach the best "
@@ -348,7 +346,7 @@ class StopRule:
     # ------------------------------------------------------------------ the schedule law
 
     def _record_losses(self, trial: _Trial, point: ReportPoint) -> None:
-        if self.cfg.forecaster != "law" or not all(is_finite(x) for x in (point.L_up, point.L_down)):
+        if not self.uses_law or not all(is_finite(x) for x in (point.L_up, point.L_down)):
             return
         if not trial.points and is_finite(point.gain) and is_finite(point.forgetting):
             # The base model's losses (the same for every trial of the sweep) as its step 0.
@@ -364,10 +362,9 @@ class StopRule:
         new ended trial up to 20, then each time their number grows by a tenth (a fit of 1,000
         trials takes seconds; benchmarks/search_scale_bench.py)."""
         trial = self._trials.get(trial_id)
-        if self.law is None or trial is None or trial.curves() is None or trial_id in self._ended_ids:
+        if self.law is None or trial is None or trial.curves() is None or trial_id in self._ended:
             return
-        self._ended.append(trial_id)
-        self._ended_ids.add(trial_id)
+        self._ended[trial_id] = None
         n = len(self._ended)
         if self.finished >= self.cfg.forecast_min_trials and (n <= 20 or n >= 1.1 * self._law_fitted_on):
             self.law.fit([self._trials[t].curves() for t in self._ended])

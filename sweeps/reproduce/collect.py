@@ -7,10 +7,10 @@ from collections import defaultdict
 
 from search_spaces.knobs import KNOBS, Knob
 from sweeps.reproduce.findings import ExperimentResult, TrialCurve
-from sweeps.results.analyze import base_tasks
+from sweeps.results.analyze import base_reference
 from sweeps.tracking.mlflow_compat import metric_histories
 from sweeps.tracking.records import load_sweep
-from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX, STEP_METRICS
+from sweeps.tracking.tracker import EVAL_PREFIX, STEP_METRICS
 from trainers.report_point import TASK_PREFIX
 from trainers.tasks import TASK_METRICS
 
@@ -20,8 +20,7 @@ L_UP, L_DOWN, LOSS = f"{EVAL_PREFIX}L_up", f"{EVAL_PREFIX}L_down", STEP_METRICS[
 def collect_experiment(client, name: str, sweep: str, experiment: str, total_steps: int, pretrain_lr: float,
                        vocab_size: int, tokens_per_step: int) -> ExperimentResult:
     parent, records = load_sweep(client, sweep, experiment)
-    metrics = parent.data.metrics
-    base = {"L_up": metrics[f"{BASE_PREFIX}L_up"], "L_down": metrics[f"{BASE_PREFIX}L_down"], "tasks": base_tasks(parent)}
+    base = base_reference(parent).model_dump()
     task_keys = [f"{TASK_PREFIX}{t}/{m}" for t in sorted(base["tasks"]) for m in TASK_METRICS]
     run_ids = [r["run_id"] for r in records]
     hist = {key: metric_histories(client, run_ids, key) for key in (L_UP, L_DOWN, LOSS, *task_keys)}

@@ -19,7 +19,9 @@ from search_spaces.knobs import Knob
 from sweeps.results import loss_perspective as lp
 from sweeps.tracking.mlflow_compat import metric_histories
 from sweeps.tracking.records import load_sweep
-from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX
+from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX, SWEEP_TAG
+from trainers.errors import UserError
+from trainers.objective import BaseReference
 from trainers.report_point import TASK_PREFIX
 from trainers.tasks import TASK_METRICS
 
@@ -46,6 +48,20 @@ def collect_points(client, sweep: str, experiment: str | None = None, loaded: tu
                 points.append({"trial_id": trial["trial_id"], "step": step, Knob.MAX_LR.value: trial.get(Knob.MAX_LR),
                                Knob.REPLAY_RATIO.value: trial.get(Knob.REPLAY_RATIO), "status": trial["status"], **values})
     return parent, trials, points
+
+
+class MissingBaseReference(UserError, ValueError):
+    """A sweep whose parent run has no base reference yet (its base model not measured)."""
+
+
+def base_reference(parent) -> BaseReference:
+    """The base model's losses and task metrics, from the parent run's base/ metrics."""
+    metrics = parent.data.metrics
+    if f"{BASE_PREFIX}L_up" not in metrics or f"{BASE_PREFIX}L_down" not in metrics:
+        raise MissingBaseReference(f"sweep {parent.data.tags.get(SWEEP_TAG)!r}: its parent run has no base reference "
+                                   f"(base/L_up, base/L_down) yet")
+    return BaseReference(L_up=metrics[f"{BASE_PREFIX}L_up"], L_down=metrics[f"{BASE_PREFIX}L_down"],
+                         tasks=base_tasks(parent))
 
 
 def base_tasks(parent) -> dict[str, dict[str, float]]:

@@ -29,12 +29,13 @@ from search_spaces.params import Choice, Fixed, LogUniform, Uniform
 from sweeps.config.resolve import trial_lrs
 from sweeps.decisions.schedule_law import Forecast, Interval, LawForecaster, TrialCurves
 from sweeps.decisions.stop_rule import ObjectiveOf
+from sweeps.results.analyze import base_reference
 from sweeps.tracking.mlflow_compat import metric_histories
 from sweeps.config.loading import validate_spec
 from sweeps.tracking.records import load_sweep, spec_text_of
 from sweeps.tracking.tracker import SPEC_ARTIFACT
 from sweeps.tracking.statuses import TrialStatus
-from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX
+from sweeps.tracking.tracker import EVAL_PREFIX
 from trainers.errors import UserError
 from trainers.objective import BaseReference
 
@@ -66,10 +67,7 @@ def forecast_sweep(client, sweep: str, experiment: str | None = None, coverage: 
     if spec.objective.task is not None:
         raise ForecastError(f"sweep {sweep!r}: objective.task {spec.objective.task!r} is scored on a task, and the law "
                             f"forecasts losses only; use an objective without a task to forecast")
-    metrics = parent.data.metrics
-    if f"{BASE_PREFIX}L_up" not in metrics or f"{BASE_PREFIX}L_down" not in metrics:
-        raise ForecastError(f"sweep {sweep!r}: its parent run has no base reference (base/L_up, base/L_down) yet")
-    base = BaseReference(L_up=metrics[f"{BASE_PREFIX}L_up"], L_down=metrics[f"{BASE_PREFIX}L_down"])
+    base = base_reference(parent)
     objective = ObjectiveOf(spec.objective, base)
 
     run_ids = [t["run_id"] for t in trials]
@@ -199,4 +197,4 @@ def render_table(result: SweepForecast, top_untried: int = 5) -> str:
 
 def to_dict(result: SweepForecast) -> dict:
     return {"sweep": result.sweep, "coverage": result.coverage, "fitted_on": result.fitted_on,
-            "base": result.base.model_dump(), "trials": result.trials, "untried": result.untried}
+            "base": {"L_up": result.base.L_up, "L_down": result.base.L_down}, "trials": result.trials, "untried": result.untried}
