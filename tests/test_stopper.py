@@ -250,3 +250,27 @@ def test_stopper_state_written_by_another_version_is_a_one_line_user_error(tmp_p
     with pytest.raises(StateIncompatible, match="another version of Rewarm") as info:
         sched.on_trial_result(None, types.SimpleNamespace(trial_id="t"), {"tokens": EVAL, "objective": 1.0, "loss": 2.0})
     assert isinstance(info.value, UserError)
+
+
+def test_stopper_state_of_an_older_rule_without_the_law_is_refused_not_crashed_on(tmp_path):
+    """A rule pickled before the schedule law unpickles without its attributes; resuming with it
+    must be the one-line StateIncompatible, not an AttributeError at the first decision."""
+    import pickle
+    import types
+
+    from sweeps.config.layout import STOPPER_STATE_FILE, StateIncompatible
+    from sweeps.execution.schedulers import ScheduleAwareScheduler
+
+    cfg = StopRuleConfig(max_tokens=MAX, min_grace_tokens=EVAL)
+    old = StopRule(cfg)
+    for name in ("law", "uses_law", "_ended", "_law_fitted_on"):
+        delattr(old, name)
+    (tmp_path / STOPPER_STATE_FILE).write_bytes(pickle.dumps((old, 0)))
+    sched = ScheduleAwareScheduler(cfg, str(tmp_path / "trials"))
+    with pytest.raises(StateIncompatible, match="lacks _ended, _law_fitted_on, law, uses_law"):
+        sched.on_trial_result(None, types.SimpleNamespace(trial_id="t"), {"tokens": EVAL, "objective": 1.0, "loss": 2.0})
+
+    (tmp_path / STOPPER_STATE_FILE).write_bytes(pickle.dumps((StopRule(cfg), 3)))  # this version's: restored
+    again = ScheduleAwareScheduler(cfg, str(tmp_path / "trials"))
+    again.on_trial_result(None, types.SimpleNamespace(trial_id="t"), {"tokens": EVAL, "objective": 1.0, "loss": 2.0})
+    assert again.stopped == 3

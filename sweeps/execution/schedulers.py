@@ -105,6 +105,11 @@ class ScheduleAwareScheduler(FIFOScheduler):
             try:
                 with open(path, "rb") as f:
                     self.rule, self.stopped = pickle.load(f)
+                # A rule pickled by an older version loads without the attributes this one adds
+                # (the schedule law's), and would fail at its first decision: refuse it here.
+                missing = sorted(set(vars(StopRule(self.rule.cfg))) - set(vars(self.rule)))
+                if missing:
+                    raise AttributeError(f"its stopper state lacks {', '.join(missing)}")
             except (ModuleNotFoundError, AttributeError) as exc:
                 raise StateIncompatible(f"{path} was written by another version of Rewarm ({exc}); this sweep "
                                         f"cannot be resumed by this one: start a new sweep name") from None
