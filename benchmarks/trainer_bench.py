@@ -1,11 +1,17 @@
 """`make bench`: trainer throughput (Rewarm loop vs a bare PyTorch loop) and `rewarm train` fixed cost.
 
-Throughput: the same base model, the same packed data, the same global/micro batch and
-the same AdamW + clipping, in one process. The protocol is built to be steady on a shared
-2-core machine: ROUNDS paired rounds, each timing both loops over STEPS - WARM steps (about
-8 s each), with the order alternating between rounds (bare first, then Rewarm first) so that
-drift hits both; the figure is the median of the per-round ratios. Evaluation is off for the
-Rewarm loop. Tokens/s is wall-clock over steps [WARM, STEPS) of each run, from step end times.
+Throughput: the same base model, the same packed data, the same global/micro batch and the
+same AdamW + clipping, in one process. This 2-core machine's speed drifts by up to +-9%
+between two consecutive identical runs of the bare loop (six in a row: 23.7k-28.3k tokens/s),
+so loops timed one after the other disagree by that much whatever the protocol (alternated
+whole runs gave ratios 0.86-1.02 within one bench). The loops are therefore interleaved
+*step by step* in one process: the real `Trainer.run` drives the Rewarm loop, and before each
+of its steps one bare step runs on the bare loop's own model, optimizer and data, timed on its
+own. A Rewarm step's time is the wall time from the end of its previous step to its own end
+(everything the loop does per step, its bookkeeping in `run` included) minus the bare step
+that ran in between, so drift hits both loops alike. ROUNDS rounds, each with fresh models,
+time steps [WARM, STEPS); the figure is the median of the per-round ratios (Rewarm tokens/s
+over bare tokens/s). Evaluation and checkpoints are off (none falls inside the window).
 
 Fixed cost: `rewarm train sweeps/specs/smoke.yaml` as a subprocess with a 4-step budget;
 the breakdown comes from the timestamps the driver and rank-0 worker record.
@@ -25,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainers.loop import Trainer
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 STEPS, WARM, ROUNDS = 100, 10, 7
@@ -37,40 +45,63 @@ def _spec():
                      [f"budget.tokens_per_trial={STEPS * 16 * 128}"])
 
 
-def _tokens_per_s(times: list[float], tokens_per_step: int) -> float:
-    return (len(times) - 1 - WARM) * tokens_per_step / (times[-1] - times[WARM])
+class BareLoop:
+    """The loop a person would write by hand: no schedule, no mixer, no reports; one step per call."""
+
+    def __init__(self, cfg, device):
+        from trainers.data import load_blocks
+        from trainers.loop import load_model
+
+        self.loop, self.device = cfg.loop, device
+        self.model = load_model(cfg, device)
+        self.model.train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.schedule.max_lr, betas=(0.9, 0.95),
+                                     weight_decay=0.1)
+        self.data = load_blocks(cfg.downstream.train)
+        self.rng = np.random.default_rng(0)
+
+    def step(self) -> None:
+        loop = self.loop
+        rows = self.rng.integers(len(self.data), size=loop.global_batch_size)
+        batch = torch.from_numpy(np.asarray(self.data[rows], dtype=np.int64))
+        for micro in batch.to(self.device).split(loop.micro_batch_size):
+            loss = self.model(input_ids=micro, labels=micro).loss / (loop.global_batch_size // loop.micro_batch_size)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        loss.item()
 
 
-def bare_loop(cfg, device) -> float:
-    """The loop a person would write by hand: no schedule, no mixer, no reports."""
-    from trainers.data import load_blocks
+class InterleavedTrainer(Trainer):
+    """The Rewarm loop, with one bare step run (and timed) before each of its own steps."""
+
+    def __init__(self, *args, bare: BareLoop, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bare, self.bare_s, self.step_ends = bare, [], []
+
+    def _train_step(self) -> dict:
+        t0 = time.perf_counter()
+        self.bare.step()
+        self.bare_s.append(time.perf_counter() - t0)
+        record = super()._train_step()
+        self.step_ends.append(time.perf_counter())
+        return record
+
+
+def interleaved_round(cfg, device) -> dict:
+    """One round: both loops' tokens/s over steps [WARM, STEPS), measured step by step in turn."""
+    from trainers.local import CollectingReporter
     from trainers.loop import load_model
 
-    model = load_model(cfg, device)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.schedule.max_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    data = load_blocks(cfg.downstream.train)
-    rng = np.random.default_rng(0)
-    loop = cfg.loop
-    times = []
-    for _ in range(loop.total_steps):
-        batch = torch.from_numpy(np.asarray(data[rng.integers(len(data), size=loop.global_batch_size)], dtype=np.int64))
-        for micro in batch.to(device).split(loop.micro_batch_size):
-            loss = model(input_ids=micro, labels=micro).loss / (loop.global_batch_size // loop.micro_batch_size)
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        times.append(time.time())
-    return _tokens_per_s(times, loop.global_batch_size * loop.seq_len)
-
-
-def rewarm_loop(cfg, device) -> float:
-    from trainers.local import run_in_process
-
-    run = run_in_process(cfg, device=device)
-    return _tokens_per_s([s["time"] for s in run.steps], cfg.loop.global_batch_size * cfg.loop.seq_len)
+    bare = BareLoop(cfg, device)
+    trainer = InterleavedTrainer(cfg, load_model(cfg, device), device, CollectingReporter(), bare=bare)
+    trainer.run()
+    ends, bare_s = np.array(trainer.step_ends), np.array(trainer.bare_s)
+    rewarm_s = np.diff(ends)[WARM:] - bare_s[WARM + 1:]  # end of step i-1 -> end of step i, less bare step i
+    tokens = cfg.loop.global_batch_size * cfg.loop.seq_len * len(rewarm_s)
+    return {"rewarm_tokens_per_s": float(tokens / rewarm_s.sum()),
+            "bare_tokens_per_s": float(tokens / bare_s[WARM + 1:].sum())}
 
 
 def throughput() -> dict:
@@ -82,18 +113,15 @@ def throughput() -> dict:
     cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={
         "evaluate": False, "eval_every": STEPS, "checkpoint_every": 10 * STEPS})})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bare, rewarm = [], []
-    for i in range(ROUNDS):
-        if i % 2 == 0:
-            bare.append(bare_loop(cfg, device))
-            rewarm.append(rewarm_loop(cfg, device))
-        else:
-            rewarm.append(rewarm_loop(cfg, device))
-            bare.append(bare_loop(cfg, device))
+    rounds = [interleaved_round(cfg, device) for _ in range(ROUNDS)]
+    rewarm = [r["rewarm_tokens_per_s"] for r in rounds]
+    bare = [r["bare_tokens_per_s"] for r in rounds]
     ratios = [r / b for r, b in zip(rewarm, bare)]
-    return {"rewarm_tokens_per_s": statistics.median(rewarm), "bare_tokens_per_s": statistics.median(bare),
+    return {"protocol": "step-interleaved", "rewarm_tokens_per_s": statistics.median(rewarm),
+            "bare_tokens_per_s": statistics.median(bare),
             "ratio": statistics.median(ratios), "round_ratios": ratios,
-            "rewarm_runs": rewarm, "bare_runs": bare, "rounds": ROUNDS, "steps_per_run": STEPS, "timed_steps": STEPS - 1 - WARM,
+            "rewarm_runs": rewarm, "bare_runs": bare, "rounds": ROUNDS, "steps_per_run": STEPS,
+            "timed_steps": STEPS - 1 - WARM,
             "global_batch": cfg.loop.global_batch_size, "micro_batch": cfg.loop.micro_batch_size,
             "seq_len": cfg.loop.seq_len, "device": device.type, "torch_threads": torch.get_num_threads()}
 

@@ -33,6 +33,24 @@ def test_train_v2_reads_the_environment_variables_rewarm_sets():
 
     assert constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR == ray_compat.TRAIN_HEALTH_CHECK_INTERVAL_ENV
     assert constants.V2_ENABLED_ENV_VAR == ray_compat.TRAIN_V2_ENABLED_ENV
+    assert constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR == ray_compat.TRAIN_PREEMPTION_WATCHER_ENV
+
+
+def test_a_train_run_without_datasets_drops_only_the_datasets_callback():
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    def kinds(trainer):
+        return [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+
+    def make():
+        return TorchTrainer(lambda: None, scaling_config=ScalingConfig(num_workers=2))
+
+    before = kinds(make())
+    assert DatasetsCallback.__name__ in before  # Ray still adds it to every run: the patch is needed
+    after = kinds(ray_compat.without_idle_dataset_manager(make()))
+    assert after == [k for k in before if k != DatasetsCallback.__name__]
 
 
 def test_tune_reads_its_state_save_period_output_mode_and_result_buffer_from_the_environment():

@@ -29,6 +29,12 @@ def test_two_worker_ddp_run_learns_and_matches_one_worker(local_ray, toy_world, 
     # Same global batch split over two ranks: the same optimisation up to float reduction order.
     for a, b in zip(c1[:8], c2[:8]):
         assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], abs=2e-3)
+    # On a local cluster a Train run starts no idle actors (trainers/ray_compat.py: an idle
+    # DatasetManager, a preemption watcher with nothing to watch): each is a process start.
+    from ray.util.state import list_actors
+
+    started = {a.class_name for a in list_actors(address=local_ray.get_runtime_context().gcs_address, limit=10000)}
+    assert "TrainController" in started and not started & {"DatasetManager", "PreemptionWatcher"}, started
 
 
 def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, tmp_path):

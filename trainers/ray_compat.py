@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 # (ray/train/v2/_internal/constants.py: HEALTH_CHECK_INTERVAL_S_ENV_VAR).
 TRAIN_HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_V2_ENABLED_ENV = "RAY_TRAIN_V2_ENABLED"  # (same file: V2_ENABLED_ENV_VAR)
+# Whether each Train run's controller starts a PreemptionWatcher actor (one more process per
+# worker-group start) that tells node preemptions from other failures (same file:
+# ENABLE_PREEMPTION_WATCHER_ENV_VAR).
+TRAIN_PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Seconds between Tune's experiment-state saves (ray/tune/execution/tune_controller.py).
 TUNE_STATE_SAVE_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
 TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune's console reporter (ray/tune/experimental/output.py)
@@ -56,6 +60,34 @@ def checkpoint_dir_name() -> str:
     from ray.train.v2._internal.execution.storage import StorageContext
 
     return StorageContext.make_default_checkpoint_dir_name()
+
+
+# ---------------------------------------------------------------------- Ray Train start-up
+
+
+def without_idle_dataset_manager(trainer):
+    """Keep a Train run without Ray Datasets from starting a DatasetManager actor.
+
+    Ray Train 2.60 adds its DatasetsCallback to every run, and the callback starts a
+    DatasetManager actor at each worker-group start even when the run has no datasets: one
+    more Python process (~1.5 s of CPU) that nothing calls. Rewarm's workers read their own
+    data (trainers/data.py), so the callback is dropped when `trainer.datasets` is empty.
+    Returns the trainer (unchanged where Ray moved the method or the class).
+    """
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+    except ImportError:
+        log.warning("Ray Train moved DatasetsCallback; each Train run starts an idle DatasetManager")
+        return trainer
+    if trainer.datasets or not hasattr(trainer, "_create_default_callbacks"):
+        return trainer
+    defaults = trainer._create_default_callbacks
+
+    def create_default_callbacks():
+        return [cb for cb in defaults() if not isinstance(cb, DatasetsCallback)]
+
+    trainer._create_default_callbacks = create_default_callbacks
+    return trainer
 
 
 # ---------------------------------------------------------------------- errors of Ray tasks

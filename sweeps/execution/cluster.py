@@ -51,6 +51,10 @@ def init_ray(address: str | None = None, quiet: bool = True, trial_slots: int = 
         # process it would outlive the cluster and misdirect a later `ray job submit`.
         # include_dashboard=True: were the port taken meanwhile, ray.init fails loudly instead
         # of starting without the API server that the variable names.
+        # Nothing preempts the nodes of a cluster on this machine: Train's preemption watcher
+        # would be one more process per worker-group start (~1.5 s of CPU on 2 cores) with
+        # nothing to watch. Clusters joined by address keep their own setting.
+        os.environ.setdefault(ray_compat.TRAIN_PREEMPTION_WATCHER_ENV, "0")
         previous = os.environ.get(ray_compat.API_SERVER_ADDRESS_ENV)
         os.environ[ray_compat.API_SERVER_ADDRESS_ENV] = f"http://127.0.0.1:{dashboard_port}"
         try:

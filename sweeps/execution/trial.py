@@ -20,6 +20,7 @@ from sweeps.config.layout import trials_dir
 from sweeps.config.resolve import ResolvedSweep, trial_config
 from sweeps.config.spec import SweepSpec
 from sweeps.execution.cluster import TRIAL_SLOT
+from trainers import ray_compat
 
 
 def run_trial(config: dict, resolved: ResolvedSweep, sweep_dir: str) -> None:
@@ -74,7 +75,7 @@ def torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, cal
     from trainers.worker import KEEP_CHECKPOINTS, train_worker
 
     res = spec.resources
-    return TorchTrainer(
+    return ray_compat.without_idle_dataset_manager(TorchTrainer(
         train_loop_per_worker=worker_fn or train_worker,
         train_loop_config={"trial": trial, **worker_config},
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
@@ -82,4 +83,4 @@ def torch_trainer(trial: dict, spec: SweepSpec, run_name: str, storage: str, cal
         run_config=RunConfig(name=run_name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=res.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
-    )
+    ))
