@@ -45,19 +45,83 @@ def rewarm_bin():
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray cluster for the whole test session (starting Ray costs ~6 s on 2 cores).
+def session_ray_root():
+    """The temp root of the session's Ray cluster (`local_ray`): its processes carry it in
+    their environment (RAY_TMPDIR), which is how a test finds, say, a trial's worker to kill."""
+    import tempfile
 
-    Tests that need a cluster of their own (killed drivers, a second instance, several nodes)
-    start it in a subprocess instead (`private_ray`, tests/ray_cluster.py)."""
+    # Short path: Ray's unix socket paths live under it and must stay below 108 bytes.
+    return tempfile.mkdtemp(prefix="rws", dir="/tmp")
+
+
+@pytest.fixture(scope="session")
+def local_ray(session_ray_root):
+    """One local Ray cluster for the whole test session (starting Ray costs ~8 s on 2 cores).
+
+    `rewarm` subprocesses join it through `cluster_env`, as they would join a real cluster.
+    Tests that need a cluster of their own (a second instance, several nodes, the CLI's own
+    local cluster) start it in a subprocess instead (`private_ray`, tests/ray_cluster.py)."""
     import ray
 
     from sweeps.execution.cluster import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    init_ray()
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = session_ray_root  # inherited by the cluster's processes only
+    try:
+        init_ray()
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_TMPDIR")
+        else:
+            os.environ["RAY_TMPDIR"] = previous
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def cluster_env(local_ray):
+    """The environment of a `rewarm` subprocess that joins the session's cluster (RAY_ADDRESS),
+    as a user's command joins their cluster: no Ray start or stop per command (~10 s on 2
+    cores). Its tracking URI comes from the spec, never from the test's environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_TMPDIR")}
+    env["RAY_ADDRESS"] = local_ray.get_runtime_context().gcs_address
+    return env
+
+
+def ray_processes(root: str, title: str) -> list[int]:
+    """PIDs of the processes with this title (e.g. "RayTrainWorker") of the Ray cluster in `root`."""
+    import subprocess
+
+    pids = []
+    for pid in subprocess.run(["pgrep", "-f", title], capture_output=True, text=True).stdout.split():
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RAY_TMPDIR={root}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def wait_until_reaped(gcs_address: str, driver_pid: int, classes: tuple[str, ...], timeout_s: float = 60.0) -> None:
+    """Wait until the job of a killed driver has no live actor of these classes left (Ray reaps
+    a dead driver's trials within seconds; a user's `rewarm resume` comes later)."""
+    import time
+
+    from ray.util.state import list_actors, list_jobs
+
+    jobs = [j.job_id for j in list_jobs(address=gcs_address) if j.driver_info and j.driver_info.pid == str(driver_pid)]
+    assert jobs, f"no Ray job has driver pid {driver_pid}"
+    deadline = time.time() + timeout_s
+    while True:
+        alive = [(a.class_name, a.pid) for a in list_actors(address=gcs_address, limit=10000,
+                                                            filters=[("job_id", "=", jobs[0]), ("state", "=", "ALIVE")])
+                 if a.class_name in classes]
+        if not alive:
+            return
+        assert time.time() < deadline, f"{alive} still alive {timeout_s:.0f} s after their driver was killed"
+        time.sleep(0.2)
 
 
 SMALL_RUN = {

@@ -113,10 +113,10 @@ def test_bad_input_is_one_line_exit_2(workspace, rewarm_bin, case, build, fragme
 
 
 @pytest.mark.slow
-def test_corrupt_checkpoint_is_refused_with_exit_2(workspace, rewarm_bin):
+def test_corrupt_checkpoint_is_refused_with_exit_2(workspace, rewarm_bin, cluster_env):
     tmp, uri = workspace
     spec = _write(tmp, "ckpt", _spec(tmp))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = cluster_env  # both commands join the session's cluster (the refusal is Rewarm's, not Ray's)
     first = subprocess.run([rewarm_bin, "train", spec, "--run-name", "broken", "--stop-after-steps", "8"],
                            capture_output=True, text=True, cwd=tmp, env=env)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -29,7 +29,7 @@ def mlflow_on_postgres(tmp_path):
         pg.stop()
 
 
-def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, toy_world, rewarm_bin, private_ray):
+def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, toy_world, rewarm_bin, cluster_env):
     pg, server = mlflow_on_postgres
     raw = changed(SMALL_RUN, {
         "name": "pgsweep", "storage_path": str(tmp_path / "runs"),
@@ -42,9 +42,7 @@ def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, t
     })
     spec = tmp_path / "pg.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    env = private_ray.env(__import__("os").environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([rewarm_bin, "sweep", str(spec)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([rewarm_bin, "sweep", str(spec)], env=cluster_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     best = subprocess.run([rewarm_bin, "best", "--sweep", "pgsweep", "--tracking-uri", server.uri, "--format", "json"],

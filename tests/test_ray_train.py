@@ -138,12 +138,12 @@ def test_resuming_with_other_knobs_is_refused(local_ray, toy_world, tmp_path):
         run_single(other, run_name="r")
 
 
-def test_diverging_run_exits_3_with_one_line(toy_world, tmp_path, rewarm_bin):
+def test_diverging_run_exits_3_with_one_line(toy_world, tmp_path, rewarm_bin, cluster_env):
     spec = small_spec(tmp_path).model_dump(mode="json")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.run([rewarm_bin, "train", str(tmp_path / "s.yaml"), "--set", "max_lr=50",
                            "--set", "warmup_frac=0", "--run-name", "boom"],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, cwd=tmp_path, env=cluster_env)
     assert proc.returncode == 3, proc.stderr[-2000:]
     errors = [l for l in proc.stderr.splitlines() if l.startswith("rewarm: error:")]
     assert len(errors) == 1 and "diverged at step" in errors[0] and "lower max_lr" in errors[0]

@@ -2,7 +2,6 @@
 not holding), and a small real run of one paper end to end."""
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -151,7 +150,7 @@ def test_experiment_grids_and_specs():
 
 
 @pytest.mark.slow
-def test_reproduce_ibrahim_end_to_end(tmp_path, rewarm_bin, toy_world):
+def test_reproduce_ibrahim_end_to_end(tmp_path, rewarm_bin, toy_world, cluster_env):
     """A real `rewarm reproduce ibrahim2024` on 8 steps per trial: 7 sweeps' trials in MLflow, the
     report, numbers that are MLflow's own; a second call reuses the finished sweep; another budget
     under the same name is refused in one line."""
@@ -159,8 +158,7 @@ def test_reproduce_ibrahim_end_to_end(tmp_path, rewarm_bin, toy_world):
 
     from sweeps.tracking.records import load_sweep
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**cluster_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     args = [rewarm_bin, "reproduce", "ibrahim2024", "--tokens-per-trial", "16384", "--out", str(tmp_path / "out"),
             "--set", f"storage_path={tmp_path / 'runs'}"]
     run = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

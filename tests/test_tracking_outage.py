@@ -1,6 +1,5 @@
 """A real MLflow server goes down mid-sweep and comes back: training goes on, nothing is lost."""
 
-import os
 import subprocess
 import time
 
@@ -27,7 +26,7 @@ def _trial_runs(uri):
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
-def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, private_ray, workers):
+def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, cluster_env, workers):
     server = MlflowServer(tmp_path).start()
     spec = small_spec(tmp_path, name="outage", search_space={"name": "default", "params": {}},
                       budget={"num_trials": TRIALS[workers], "max_concurrent": 1, "tokens_per_trial": 512 * STEPS[workers]},
@@ -37,9 +36,8 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
                       # every write path (steps, reports, trial end) meets the dead server.
                       tracking={"uri": server.uri, "experiment": "outage", "log_interval_s": 0})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
     log = open(tmp_path / "sweep.log", "w")
-    proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=cluster_env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 300
@@ -57,7 +55,6 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
         assert proc.poll() is None  # the sweep rides out the outage
         server.start()
         proc.wait(timeout=400)
-        private_ray.kill()
         output = (tmp_path / "sweep.log").read_text()
         assert proc.returncode == 0, output[-3000:]
         assert "MLflow unavailable" in output and "Traceback" not in output
@@ -76,4 +73,3 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
         if proc.poll() is None:
             proc.kill()
         server.stop()
-        private_ray.kill()

@@ -17,25 +17,12 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.config.loading import load_spec
 from sweeps.execution.single_run import run_single
-from tests.conftest import small_spec
+from tests.conftest import ray_processes, small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STEPS = 64
 # The process title of what trains: Tune's function-trainable actor, or a Ray Train worker.
 TRAINING_PROCESS = {1: "ImplicitFunc", 2: "RayTrainWorker"}
-
-
-def _training_processes(ray_root: str, title: str) -> list[int]:
-    """PIDs of the processes with this title that belong to this test's private Ray cluster."""
-    pids = []
-    for pid in subprocess.run(["pgrep", "-f", title], capture_output=True, text=True).stdout.split():
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if f"RAY_TMPDIR={ray_root}".encode() in env:
-            pids.append(int(pid))
-    return pids
 
 
 def _curve(path):
@@ -44,15 +31,15 @@ def _curve(path):
 
 @pytest.mark.parametrize("workers, strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp")],
                          ids=["in-process", "ray-train", "ray-train-fsdp"])
-def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_ray, local_ray, workers, strategy):
+def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, cluster_env, session_ray_root, workers, strategy):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(tmp_path, name="killworker", budget={"num_trials": 1, "tokens_per_trial": 512 * STEPS},
                       training={"checkpoint_every_tokens": 512 * 8, "eval_every_tokens": 512 * 4},
                       resources={"workers_per_trial": workers, "cpus_per_worker": 1, "strategy": strategy},
                       scheduler={"kind": "none"}, tracking={"uri": uri, "experiment": "kill"})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    env = private_ray.env({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
-    proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=env,
+    # The sweep joins the session's cluster, where the reference run below runs too.
+    proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=cluster_env,
                             stdout=open(tmp_path / "sweep.log", "w"), stderr=subprocess.STDOUT)
     killed_at = None
     try:
@@ -60,7 +47,7 @@ def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, private_
         while time.time() < deadline and killed_at is None:
             curves = list((tmp_path / "runs" / "killworker" / "trials").glob("*/curves.jsonl"))
             if curves and len(curves[0].read_text().splitlines()) >= 20:
-                pids = _training_processes(private_ray.root, TRAINING_PROCESS[workers])
+                pids = ray_processes(session_ray_root, TRAINING_PROCESS[workers])
                 assert len(pids) == workers
                 os.kill(pids[-1], signal.SIGKILL)
                 killed_at = len(curves[0].read_text().splitlines())
