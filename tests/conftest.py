@@ -45,17 +45,7 @@ def rewarm_bin():
 
 
 @pytest.fixture(scope="session")
-def session_ray_root():
-    """The temp root of the session's Ray cluster (`local_ray`): its processes carry it in
-    their environment (RAY_TMPDIR), which is how a test finds, say, a trial's worker to kill."""
-    import tempfile
-
-    # Short path: Ray's unix socket paths live under it and must stay below 108 bytes.
-    return tempfile.mkdtemp(prefix="rws", dir="/tmp")
-
-
-@pytest.fixture(scope="session")
-def local_ray(session_ray_root):
+def local_ray():
     """One local Ray cluster for the whole test session (starting Ray costs ~8 s on 2 cores).
 
     `rewarm` subprocesses join it through `cluster_env`, as they would join a real cluster.
@@ -66,15 +56,7 @@ def local_ray(session_ray_root):
     from sweeps.execution.cluster import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    previous = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = session_ray_root  # inherited by the cluster's processes only
-    try:
-        init_ray()
-    finally:
-        if previous is None:
-            os.environ.pop("RAY_TMPDIR")
-        else:
-            os.environ["RAY_TMPDIR"] = previous
+    init_ray()  # returns at once where a test already started Ray in this process
     yield ray
     ray.shutdown()
 
@@ -84,24 +66,27 @@ def cluster_env(local_ray):
     """The environment of a `rewarm` subprocess that joins the session's cluster (RAY_ADDRESS),
     as a user's command joins their cluster: no Ray start or stop per command (~10 s on 2
     cores). Its tracking URI comes from the spec, never from the test's environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_TMPDIR")}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["RAY_ADDRESS"] = local_ray.get_runtime_context().gcs_address
     return env
 
 
-def ray_processes(root: str, title: str) -> list[int]:
-    """PIDs of the processes with this title (e.g. "RayTrainWorker") of the Ray cluster in `root`."""
-    import subprocess
+def _driver_job(gcs_address: str, driver_pid: int) -> str:
+    from ray.util.state import list_jobs
 
-    pids = []
-    for pid in subprocess.run(["pgrep", "-f", title], capture_output=True, text=True).stdout.split():
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if f"RAY_TMPDIR={root}".encode() in env:
-            pids.append(int(pid))
-    return pids
+    jobs = [j.job_id for j in list_jobs(address=gcs_address) if j.driver_info and j.driver_info.pid == str(driver_pid)]
+    assert jobs, f"no Ray job has driver pid {driver_pid}"
+    return jobs[0]
+
+
+def job_actor_pids(gcs_address: str, driver_pid: int, classes: tuple[str, ...]) -> list[int]:
+    """PIDs of the live actors of these classes (e.g. "RayTrainWorker") in the Ray job whose
+    driver is `driver_pid` (a `rewarm` subprocess), by Ray's state API."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=gcs_address, limit=10000,
+                         filters=[("job_id", "=", _driver_job(gcs_address, driver_pid)), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.class_name in classes]
 
 
 def wait_until_reaped(gcs_address: str, driver_pid: int, classes: tuple[str, ...], timeout_s: float = 60.0) -> None:
@@ -109,18 +94,12 @@ def wait_until_reaped(gcs_address: str, driver_pid: int, classes: tuple[str, ...
     a dead driver's trials within seconds; a user's `rewarm resume` comes later)."""
     import time
 
-    from ray.util.state import list_actors, list_jobs
-
-    jobs = [j.job_id for j in list_jobs(address=gcs_address) if j.driver_info and j.driver_info.pid == str(driver_pid)]
-    assert jobs, f"no Ray job has driver pid {driver_pid}"
     deadline = time.time() + timeout_s
     while True:
-        alive = [(a.class_name, a.pid) for a in list_actors(address=gcs_address, limit=10000,
-                                                            filters=[("job_id", "=", jobs[0]), ("state", "=", "ALIVE")])
-                 if a.class_name in classes]
+        alive = job_actor_pids(gcs_address, driver_pid, classes)
         if not alive:
             return
-        assert time.time() < deadline, f"{alive} still alive {timeout_s:.0f} s after their driver was killed"
+        assert time.time() < deadline, f"{classes} pids {alive} still alive {timeout_s:.0f} s after their driver was killed"
         time.sleep(0.2)
 
 

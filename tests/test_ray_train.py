@@ -69,7 +69,8 @@ def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, 
 
 
 def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_world, tmp_path):
-    """FSDP on a Ray Train worker group: the same curve as DDP, sharded checkpoints written into
+    """FSDP on a Ray Train worker group: the same curve as DDP (run on two plain processes:
+    DDP on Ray Train is tests/test_worker_kill.py's), sharded checkpoints written into
     Ray Train's run dir (reported without an upload), an exact resume through Ray, and a base
     reference measured on a worker group like the trials'."""
     from tests.test_parallel import FSDP_VS_DDP_TOLERANCE
@@ -82,8 +83,11 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
     from sweeps.config.resolve import base_reference_key, measure_here, resolve
     from trainers.toyworld import default_cache_dir
 
+    from sweeps.config.resolve import trial_config
+    from trainers.local import run_distributed
+
     ddp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2})
-    ddp = run_single(ddp_spec, run_name="ddp")
+    ddp = run_distributed(trial_config(resolve(ddp_spec), ddp_spec.fixed_knobs()), world=2)
     fsdp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"})
     # Forget any cached base reference of these trials, so this run must measure it.
     key = base_reference_key(dataclasses.replace(resolve(ddp_spec), spec=fsdp_spec))
@@ -95,10 +99,10 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
     assert checkpoints and all(is_sharded_checkpoint(c) for c in checkpoints)
     resumed = run_single(fsdp_spec, run_name="fsdp")
     assert resumed.timings["resumed_from_step"] == 10 and resumed.status == "completed"
-    for a, b in zip(read_curve(ddp.run_dir), read_curve(resumed.run_dir), strict=True):
+    for a, b in zip(ddp.steps, read_curve(resumed.run_dir), strict=True):
         assert a["step"] == b["step"] and a["lr"] == b["lr"]
         assert a["loss"] == pytest.approx(b["loss"], abs=FSDP_VS_DDP_TOLERANCE)
-    assert resumed.metrics["L_down"] == pytest.approx(ddp.metrics["L_down"], abs=FSDP_VS_DDP_TOLERANCE)
+    assert resumed.metrics["L_down"] == pytest.approx(ddp.reports[-1]["L_down"], abs=FSDP_VS_DDP_TOLERANCE)
 
     # The base reference of these trials was measured, by this test, on a worker group like theirs.
     resolved = resolve(fsdp_spec)  # cached: the first run measured it

@@ -1,11 +1,14 @@
-"""`rewarm sweep` on a machine where another Ray instance already runs (a user's `ray start`).
+"""`rewarm sweep` on a machine where another Ray instance already runs (a user's `ray start`;
+here the test session's own cluster, `local_ray`, the same kind of instance).
 
 Without --address, Rewarm starts its own private cluster beside it. Ray Train's
 placement-group cleaner then has two instances to choose from when it asks the State API
 whether a trial's controller is alive; if it cannot tell, the placement groups of trials
 that Tune stopped are never freed. Here every trial needs all of the machine's CPUs, so one
 leaked placement group would hold the next trial forever: the sweep must go on after its
-stopped (diverged) trials.
+stopped (diverged) trials. It is also the divergence test of Ray Train trials (the
+in-process one is tests/test_sweep_e2e.py): the diverged trial is closed FAILED in MLflow
+and never ranked.
 """
 
 import os
@@ -15,21 +18,11 @@ import pytest
 import yaml
 
 from tests.conftest import small_spec
-from tests.ray_cluster import LocalRayCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture
-def other_ray_instance():
-    cluster = LocalRayCluster([{"num_cpus": 1, "resources": {}}])
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-
-
-def test_sweep_beside_another_ray_instance_frees_stopped_trials(other_ray_instance, toy_world, tmp_path,
+def test_sweep_beside_another_ray_instance_frees_stopped_trials(local_ray, toy_world, tmp_path,
                                                                  rewarm_bin, private_ray):
     cpus = os.cpu_count() or 2
     spec = small_spec(
@@ -61,3 +54,16 @@ def test_sweep_beside_another_ray_instance_frees_stopped_trials(other_ray_instan
     first_stop = statuses.index("diverged")
     # A trial needing every CPU started, and finished, after a trial was stopped.
     assert "completed" in statuses[first_stop + 1:], statuses
+
+    from sweeps.results.best import rank
+    from sweeps.tracking.records import load_sweep
+    from sweeps.tracking.store import open_client
+
+    client = open_client(spec.tracking_uri())
+    _, trials = load_sweep(client, "beside")
+    diverged = [t for t in trials if t["status"] == "diverged"]
+    assert diverged and {t["max_lr"] for t in diverged} == {60.0}
+    eval_steps = spec.training.eval_every_tokens // spec.tokens_per_step
+    assert all(t["step"] <= 2 * eval_steps for t in diverged)  # stopped within a few evals
+    assert all(client.get_run(t["run_id"]).info.status == "FAILED" for t in diverged)
+    assert {t["status"] for t in rank(trials)} == {"completed"}  # never ranked

@@ -17,11 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.config.loading import load_spec
 from sweeps.execution.single_run import run_single
-from tests.conftest import ray_processes, small_spec
+from tests.conftest import job_actor_pids, small_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STEPS = 64
-# The process title of what trains: Tune's function-trainable actor, or a Ray Train worker.
+# The actor class of what trains: Tune's function trainable, or a Ray Train worker.
 TRAINING_PROCESS = {1: "ImplicitFunc", 2: "RayTrainWorker"}
 
 
@@ -31,7 +31,7 @@ def _curve(path):
 
 @pytest.mark.parametrize("workers, strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp")],
                          ids=["in-process", "ray-train", "ray-train-fsdp"])
-def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, cluster_env, session_ray_root, workers, strategy):
+def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, cluster_env, workers, strategy):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = small_spec(tmp_path, name="killworker", budget={"num_trials": 1, "tokens_per_trial": 512 * STEPS},
                       training={"checkpoint_every_tokens": 512 * 8, "eval_every_tokens": 512 * 4},
@@ -47,7 +47,7 @@ def test_killed_worker_resumes_exactly(toy_world, tmp_path, rewarm_bin, cluster_
         while time.time() < deadline and killed_at is None:
             curves = list((tmp_path / "runs" / "killworker" / "trials").glob("*/curves.jsonl"))
             if curves and len(curves[0].read_text().splitlines()) >= 20:
-                pids = ray_processes(session_ray_root, TRAINING_PROCESS[workers])
+                pids = job_actor_pids(cluster_env["RAY_ADDRESS"], proc.pid, (TRAINING_PROCESS[workers],))
                 assert len(pids) == workers
                 os.kill(pids[-1], signal.SIGKILL)
                 killed_at = len(curves[0].read_text().splitlines())
