@@ -89,20 +89,6 @@ def job_actor_pids(gcs_address: str, driver_pid: int, classes: tuple[str, ...]) 
     return [a.pid for a in actors if a.class_name in classes]
 
 
-def wait_until_reaped(gcs_address: str, driver_pid: int, classes: tuple[str, ...], timeout_s: float = 60.0) -> None:
-    """Wait until the job of a killed driver has no live actor of these classes left (Ray reaps
-    a dead driver's trials within seconds; a user's `rewarm resume` comes later)."""
-    import time
-
-    deadline = time.time() + timeout_s
-    while True:
-        alive = job_actor_pids(gcs_address, driver_pid, classes)
-        if not alive:
-            return
-        assert time.time() < deadline, f"{classes} pids {alive} still alive {timeout_s:.0f} s after their driver was killed"
-        time.sleep(0.2)
-
-
 SMALL_RUN = {
     "name": "small",
     "data": {"seq_len": 64, "val_sequences": 16},
