@@ -48,3 +48,39 @@ def test_marks_survive_a_new_driver_and_nothing_is_logged_twice(tmp_path):
     client = MlflowClient(t.uri)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 9))
     assert sorted(m.step for m in client.get_metric_history(run_id, "eval/objective")) == [3, 6]
+
+
+def test_points_sent_again_after_a_lost_write_are_kept_once(tmp_path):
+    """A write whose rows reached MLflow but whose marks did not (an outage in between) is sent
+    again on the next sync: each row carries its record's own time, so it is the same row."""
+    t = tracker(tmp_path)
+    run_id, marks = t.child_for_trial("t1", {}, {})
+    steps, reports = [step(s) for s in range(1, 5)], [{**report(4), "time/report": 2.0}]
+    t.log_progress(run_id, steps, reports, marks)
+    # The marks were lost: the same points go again, here inside the run's closing write.
+    again = t.finish_child(run_id, "completed", reports[-1], artifacts={}, progress=(steps, reports, marks))
+    assert again == LoggedMarks(4, 4)
+    client = MlflowClient(t.uri)
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run_id, "eval/objective")] == [4]
+    run = client.get_run(run_id)
+    assert run.data.tags["rewarm.logged_step"] == "4" and run.data.tags["rewarm.status"] == "completed"
+    assert run.info.status == "FINISHED"
+
+
+def test_a_new_sweeps_sync_restored_by_resume_finds_its_trials_runs_again(tmp_path):
+    """A new sweep's driver creates trial runs without searching MLflow first; the copy Tune
+    pickled when the sweep started, restored by `rewarm resume`, must search (and continue)."""
+    import pickle
+
+    from sweeps.tracking.trial_sync import TrialSync
+
+    t = tracker(tmp_path)
+    live = TrialSync(t, tmp_path / "trials", {}, 0.0, log=lambda m: None, new_sweep=True)
+    saved = pickle.dumps(live)  # as Tune saves its callbacks when the Tuner is made
+    live.start("t1", {"max_lr": 1e-3})
+    restored = pickle.loads(saved)
+    restored.start("t1", {"max_lr": 1e-3})
+    assert restored.run_id("t1") == live.run_id("t1")
+    runs = MlflowClient(t.uri).search_runs([t.ensure_experiment()], filter_string="tags.`rewarm.trial_id` = 't1'")
+    assert len(runs) == 1

@@ -41,10 +41,12 @@ def stop_tags(decisions_file: Path) -> dict[str, str]:
 
 
 class SweepCallback(Callback):
-    def __init__(self, tracker: Tracker, spec, trials_root: str, params: dict, log=print):
+    def __init__(self, tracker: Tracker, spec, trials_root: str, params: dict, log=print, new_sweep: bool = False):
+        """`new_sweep`: the driver has just started this sweep (no trial of it has a run in MLflow)."""
         self.trials_root, self.log = Path(trials_root), log
         self.total = spec.budget.num_trials
-        self.sync = TrialSync(tracker, self.trials_root, params, spec.tracking.log_interval_s, log=log)
+        self.sync = TrialSync(tracker, self.trials_root, params, spec.tracking.log_interval_s, log=log,
+                              new_sweep=new_sweep)
         self.retention = spec.retention
         self._checkpoints: dict[str, str] = {}  # checkpoint paths Tune reported (Ray Train trials)
         self._ended: dict[str, TrialStatus] = {}

@@ -78,7 +78,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
                                   tags={STUDY_TAG: spec.name, STUDY_STORAGE_TAG: display_url(spec.study_storage_url())})
     (directory / SPEC_FILE).write_text(spec_yaml)  # only once MLflow took the sweep: a refused resume changes nothing
     concurrency = max_concurrent(spec, cluster)
-    callback = SweepCallback(tracker, spec, str(trials_dir(directory)), mlflow_params, log=log)
+    callback = SweepCallback(tracker, spec, str(trials_dir(directory)), mlflow_params, log=log, new_sweep=not resume)
     callback.show_progress(progress)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, resolved=resolved, sweep_dir=str(directory)), trial_resources(spec))

@@ -194,11 +194,14 @@ class Tracker:
                 closed.append(run.data.tags.get(TRIAL_TAG))
         return closed
 
-    def child_for_trial(self, trial_id: str, knobs: dict, params: dict) -> tuple[str, LoggedMarks]:
-        """The trial's child run (found again after a retry or resume) and how far it is logged."""
+    def child_for_trial(self, trial_id: str, knobs: dict, params: dict, search: bool = True) -> tuple[str, LoggedMarks]:
+        """The trial's child run (found again after a retry or resume) and how far it is logged.
+
+        `search=False`: the caller knows no run of the trial exists (a new sweep's new trial).
+        """
         from mlflow.entities import Param
 
-        found = self.client.search_runs(
+        found = search and self.client.search_runs(
             [self.ensure_experiment()],
             filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}' "
                           f"and tags.`{KIND_TAG}` = '{self.run_kind}'",
@@ -223,50 +226,33 @@ class Tracker:
 
     def log_progress(self, run_id: str, steps: list[dict], reports: list[dict], marks: LoggedMarks) -> LoggedMarks:
         """Log per-step records and report points past their marks; return the new marks."""
-        from mlflow.entities import Metric, RunTag
-
-        metrics = []
-        new_steps = [rec for rec in steps if rec["step"] > marks.steps]
-        new_reports = [rep for rep in reports if rep["step"] > marks.reports]
-        for rec in new_steps:
-            ts = int(rec.get("time", time.time()) * 1000)
-            metrics += [Metric(name, float(rec[key]), ts, rec["step"]) for key, name in STEP_METRICS.items()
-                        if key in rec and is_finite(rec[key])]
-        for rep in new_reports:
-            point, ts = ReportPoint.from_result(rep), _now_ms()
-            metrics += [Metric(f"{EVAL_PREFIX}{k}", float(getattr(point, k)), ts, point.step) for k in ReportPoint.EVAL_FIELDS
-                        if is_finite(getattr(point, k))]
-            metrics += [Metric(name, float(getattr(point, key)), ts, point.step)
-                        for key, name in REPORT_TRAIN_METRICS.items() if is_finite(getattr(point, key))]
-            metrics += [Metric(k, float(v), ts, point.step) for k, v in point.task_metrics().items() if is_finite(v)]
-            # MLflow's UI files system/* under System metrics; stamped with the report's own time.
-            system_ts = int(point.time_report * 1000) if point.time_report else ts
-            metrics += [Metric(f"{SYSTEM_PREFIX}{k}", float(v), system_ts, point.step) for k, v in point.system.items()
-                        if is_finite(v)]
-        if not metrics:
-            return marks
-        new_marks = LoggedMarks(max([marks.steps] + [r["step"] for r in new_steps]),
-                                max([marks.reports] + [r["step"] for r in new_reports]))
-        for i in range(0, len(metrics), _MAX_BATCH):
-            last = i + _MAX_BATCH >= len(metrics)
-            # The marks move with the last chunk, so a crash mid-way re-logs, never skips.
-            tags = [RunTag(LOGGED_STEP_TAG, str(new_marks.steps)),
-                    RunTag(LOGGED_REPORT_TAG, str(new_marks.reports))] if last else []
-            self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH], tags=tags)
+        metrics, new_marks = progress_metrics(steps, reports, marks)
+        if metrics:
+            self._log_in_batches(run_id, metrics, marks_tags(new_marks))
         return new_marks
 
     def finish_child(self, run_id: str, status: TrialStatus, final: dict, artifacts: dict[str, Path],
-                     files: list[Path] = (), tags: dict[str, str] | None = None) -> None:
-        """Close a trial's run: final metrics, status, checkpoints (dirs) and small files (e.g. decisions.jsonl)."""
-        from mlflow.entities import Metric, RunTag
+                     files: list[Path] = (), tags: dict[str, str] | None = None,
+                     progress: tuple[list[dict], list[dict], LoggedMarks] | None = None) -> LoggedMarks | None:
+        """Close a trial's run: final metrics, status, checkpoints (dirs) and small files (e.g. decisions.jsonl).
 
-        now, point = _now_ms(), ReportPoint.from_result(final)
+        `progress` (steps, reports, marks): the trial's curve points not yet logged go in the same
+        write as its final metrics and status (one round trip, not two); returns the marks after
+        them. Every row carries its own record's time, so a close retried after an outage
+        re-sends identical rows, which MLflow keeps once.
+        """
+        from mlflow.entities import RunTag
+
+        point = ReportPoint.from_result(final)
+        ts = _report_ms(point)
         # Only what the final report has: a trial that failed before reporting has no final step.
         values = {k: getattr(point, k) for k in FINAL_METRICS if k in final} | point.task_metrics()
-        summary = [Metric(f"{FINAL_PREFIX}{k}", float(v), now, point.step) for k, v in values.items() if is_finite(v)]
-        self.client.log_batch(run_id, metrics=summary, tags=[RunTag(STATUS_TAG, str(status))] + [
+        summary = [_metric(f"{FINAL_PREFIX}{k}", v, ts, point.step) for k, v in values.items() if is_finite(v)]
+        metrics, new_marks = progress_metrics(*progress) if progress else ([], None)
+        closing = [RunTag(STATUS_TAG, str(status))] + [
             RunTag(checkpoint_tag(name), str(path)) for name, path in artifacts.items()] + [
-            RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
+            RunTag(k, v[:5000]) for k, v in (tags or {}).items()]
+        self._log_in_batches(run_id, metrics + summary, closing + (marks_tags(new_marks) if progress else []))
         for name, path in artifacts.items():
             if path.exists() and _dir_size(path) <= ARTIFACT_COPY_LIMIT_BYTES:
                 self.client.log_artifacts(run_id, str(path), checkpoint_artifact(name))
@@ -274,6 +260,58 @@ class Tracker:
             if path.is_file():
                 self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status=MLFLOW_RUN_STATUS.get(status, "FAILED"))
+        return new_marks
+
+    def _log_in_batches(self, run_id: str, metrics: list, tags: list) -> None:
+        """One log_batch per MLflow's limit of entries; the tags (the marks among them) go with
+        the last one, so a failure mid-way re-logs, never skips."""
+        size = _MAX_BATCH - len(tags)
+        chunks = [metrics[i:i + size] for i in range(0, len(metrics), size)] or [[]]
+        for i, chunk in enumerate(chunks):
+            self.client.log_batch(run_id, metrics=chunk, tags=tags if i == len(chunks) - 1 else [])
+
+
+def progress_metrics(steps: list[dict], reports: list[dict], marks: LoggedMarks) -> tuple[list, LoggedMarks]:
+    """The MLflow rows of the per-step records and report points past `marks`, and the marks after them.
+
+    Each row is stamped with its own record's time (a step's, a report's), never the time of
+    the write: the same points logged again are the same rows.
+    """
+    metrics = []
+    new_steps = [rec for rec in steps if rec["step"] > marks.steps]
+    new_reports = [rep for rep in reports if rep["step"] > marks.reports]
+    for rec in new_steps:
+        ts = int(rec["time"] * 1000) if "time" in rec else _now_ms()
+        metrics += [_metric(name, rec[key], ts, rec["step"]) for key, name in STEP_METRICS.items()
+                    if key in rec and is_finite(rec[key])]
+    for rep in new_reports:
+        point = ReportPoint.from_result(rep)
+        ts = _report_ms(point)
+        values = {f"{EVAL_PREFIX}{k}": getattr(point, k) for k in ReportPoint.EVAL_FIELDS}
+        values |= {name: getattr(point, key) for key, name in REPORT_TRAIN_METRICS.items()}
+        values |= point.task_metrics()
+        # MLflow's UI files system/* under System metrics.
+        values |= {f"{SYSTEM_PREFIX}{k}": v for k, v in point.system.items()}
+        metrics += [_metric(name, v, ts, point.step) for name, v in values.items() if is_finite(v)]
+    return metrics, LoggedMarks(max([marks.steps] + [r["step"] for r in new_steps]),
+                                max([marks.reports] + [r["step"] for r in new_reports]))
+
+
+def marks_tags(marks: LoggedMarks) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(LOGGED_STEP_TAG, str(marks.steps)), RunTag(LOGGED_REPORT_TAG, str(marks.reports))]
+
+
+def _metric(name: str, value, ts_ms: int, step: int):
+    from mlflow.entities import Metric
+
+    return Metric(name, float(value), ts_ms, step)
+
+
+def _report_ms(point: ReportPoint) -> int:
+    """A report point's rows' timestamp: when the worker made it (the time of writing, if unknown)."""
+    return int(point.time_report * 1000) if point.time_report else _now_ms()
 
 
 # Checkpoints above this size are linked (tag with their storage path), not copied.

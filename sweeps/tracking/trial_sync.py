@@ -31,8 +31,12 @@ class TrialSync:
     from the top, the marks skipping what MLflow already has.
     """
 
-    def __init__(self, tracker: Tracker, trials_root: Path, params: dict, log_interval_s: float, log=print):
+    def __init__(self, tracker: Tracker, trials_root: Path, params: dict, log_interval_s: float, log=print,
+                 new_sweep: bool = False):
+        """`new_sweep`: no MLflow run of these trials can exist yet (a sweep this driver started), so
+        a trial's first run is created without first searching MLflow for an earlier one."""
         self.tracker, self.trials_root, self.params, self.log = tracker, Path(trials_root), params, log
+        self.new_sweep = new_sweep
         # One MLflow write per trial per interval, not per report: each write is a round trip
         # (~20 ms on SQLite, more to a server) whatever its size, and the curves wait on disk.
         self.log_interval_s = log_interval_s
@@ -53,6 +57,7 @@ class TrialSync:
 
     def __setstate__(self, state):
         self.__dict__.update({"_best": None, "_best_tags": None, "_closed": {}, **state})
+        self.new_sweep = False  # restored (`rewarm resume`): its trials' runs may exist
         self.log = self.log or print
 
     # ------------------------------------------------------------------ what the callback calls
@@ -121,47 +126,49 @@ class TrialSync:
 
     # ------------------------------------------------------------------ syncing
 
-    def sync(self, trial_id: str) -> bool:
-        """Log what is on disk for the trial; False while tracking is unavailable."""
+    def sync(self, trial_id: str, closing: tuple | None = None) -> bool:
+        """Log what is on disk for the trial (and close its run, given its pending `closing`);
+        False while tracking is unavailable."""
         if time.time() < self._retry_at:
             return False
         started = time.time()
         try:
-            return self._guarded(lambda: self._sync_now(trial_id))
+            return self._guarded(lambda: self._sync_now(trial_id, closing))
         finally:
             self._last_sync[trial_id] = time.time()
             self._count(trial_id, self._last_sync[trial_id] - started)
 
-    def _sync_now(self, trial_id: str) -> None:
+    def _sync_now(self, trial_id: str, closing: tuple | None = None) -> None:
+        """Log the trial's curve points past its marks; with `closing` (the pending close), in
+        the same write as its final metrics and status, then close its run."""
         if self._in_outage:  # probe first: a sync with nothing new would not touch the server
             check_reachable(self.tracker.uri, timeout_s=2.0)
         if trial_id not in self._runs:
-            self._runs[trial_id] = self.tracker.child_for_trial(trial_id, self.knobs.get(trial_id, {}), self.params)
+            self._runs[trial_id] = self.tracker.child_for_trial(trial_id, self.knobs.get(trial_id, {}), self.params,
+                                                                search=not self.new_sweep)
         run_id, marks = self._runs[trial_id]
         run_dir = self.trials_root / trial_id
         cursors = self._tails.get(trial_id, (TailCursor(), TailCursor()))
         steps, steps_cursor = CurveLog(run_dir / CURVES_FILE).read_new(cursors[0])
         reports, reports_cursor = CurveLog(run_dir / REPORTS_FILE).read_new(cursors[1])
-        self._runs[trial_id] = (run_id, self.tracker.log_progress(run_id, steps, reports, marks))
+        if closing is None:
+            marks = self.tracker.log_progress(run_id, steps, reports, marks)
+        else:
+            status, final, artifacts, files, tags = closing
+            marks = self.tracker.finish_child(run_id, status, final, artifacts, files=files, tags=tags,
+                                              progress=(steps, reports, marks))
         # Moved only after MLflow took the points: after a failure they are read again.
+        self._runs[trial_id] = (run_id, marks)
         self._tails[trial_id] = (steps_cursor, reports_cursor)
 
     def flush_finished(self) -> None:
         for trial_id in list(self._pending):
-            if not self.sync(trial_id):
-                return
             status, final, artifacts, files, tags = self._pending[trial_id]
             latest = self.last_report(trial_id)  # the worker may have reported once more since
             if latest and latest.get("step", 0) > final.get("step", 0):
                 final = latest
                 status = trial_status(latest, errored=status == TrialStatus.FAILED)
-            started = time.time()
-            try:
-                closed = self._guarded(lambda: self.tracker.finish_child(
-                    self._runs[trial_id][0], status, final, artifacts, files=files, tags=tags))
-            finally:
-                self._count(trial_id, time.time() - started)
-            if not closed:
+            if not self.sync(trial_id, closing=(status, final, artifacts, files, tags)):
                 return
             del self._pending[trial_id]
             self._closed[trial_id] = status
