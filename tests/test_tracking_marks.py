@@ -4,6 +4,7 @@ The worker writes a step's record, then that step's report: a driver sync betwee
 writes must not count the report as logged.
 """
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking.tracker import LoggedMarks, Tracker
@@ -84,3 +85,91 @@ def test_a_new_sweeps_sync_restored_by_resume_finds_its_trials_runs_again(tmp_pa
     assert restored.run_id("t1") == live.run_id("t1")
     runs = MlflowClient(t.uri).search_runs([t.ensure_experiment()], filter_string="tags.`rewarm.trial_id` = 't1'")
     assert len(runs) == 1
+
+
+def test_a_run_created_just_before_an_outage_is_found_again_and_gets_its_params(tmp_path, monkeypatch):
+    """The first try of a new sweep's trial creates its run without searching; when the store
+    goes away between creating the run and logging its params, the next try must find that
+    run (not create a second) and log the params it lacks."""
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    from sweeps.tracking import trial_sync
+    from sweeps.tracking.trial_sync import TrialSync
+
+    monkeypatch.setattr(trial_sync, "OUTAGE_RETRY_S", 0.0)
+    t = tracker(tmp_path)
+    sync = TrialSync(t, tmp_path / "trials", {"model": "toy"}, 0.0, log=lambda m: None, new_sweep=True)
+    real, failed = t.client.log_batch, []
+
+    def params_fail_once(run_id, metrics=(), params=(), tags=(), **kwargs):
+        if params and not failed:
+            failed.append(run_id)
+            raise RequestsConnectionError("tracking server went away")
+        return real(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(t.client, "log_batch", params_fail_once)
+    sync.start("t1", {"max_lr": 1e-3})
+    assert failed  # the run exists, the sync did not get its id
+    with pytest.raises(KeyError):
+        sync.run_id("t1")
+    assert sync.sync("t1")
+    runs = MlflowClient(t.uri).search_runs([t.ensure_experiment()], filter_string="tags.`rewarm.trial_id` = 't1'")
+    assert [r.info.run_id for r in runs] == failed
+    assert runs[0].data.params == {"knob.max_lr": "0.001", "model": "toy"}
+
+
+def test_trials_closed_by_an_earlier_driver_are_not_sent_again_and_continue_from_their_marks(tmp_path, monkeypatch):
+    """After `rewarm resume`, a trial an earlier driver closed is known by its run (retention,
+    best-trial tags) but not synced again: its points are in MLflow. Should Tune run it once
+    more (a failed trial), its run is found with its marks, not re-sent from step 0."""
+    import pickle
+
+    from sweeps.tracking.records import trial_record, trial_summary
+    from sweeps.tracking.trial_sync import TrialSync
+    from trainers.run_dir import CURVES_FILE, REPORTS_FILE, CurveLog
+
+    t = tracker(tmp_path)
+    first = TrialSync(t, tmp_path / "trials", {}, 0.0, log=lambda m: None, new_sweep=True)
+    saved = pickle.dumps(first)
+    (tmp_path / "trials" / "t1").mkdir(parents=True)
+    CurveLog(tmp_path / "trials" / "t1" / CURVES_FILE).append([step(s) for s in range(1, 5)])
+    CurveLog(tmp_path / "trials" / "t1" / REPORTS_FILE).append([{**report(4), "time/report": 2.0}])
+    first.start("t1", {})
+    first.finish("t1", "failed", {**report(4), "time/report": 2.0}, artifacts={}, files=[], tags={})
+    run_id = first.run_id("t1")
+
+    resumed = pickle.loads(saved)
+    resumed.adopt_closed([trial_summary(trial_record(r)) for r in t.child_runs()])
+    assert resumed.run_id("t1") == run_id
+    writes, client = [], resumed.tracker.client  # its own client: the tracker was unpickled
+    real = client.log_batch
+    monkeypatch.setattr(client, "log_batch", lambda rid, **kw: (writes.append(rid), real(rid, **kw))[1])
+    assert resumed.flush(timeout_s=5) == []
+    assert run_id not in writes
+    # Tune runs it again from its checkpoint at step 2: the steps after it are retrained.
+    CurveLog(tmp_path / "trials" / "t1" / CURVES_FILE).truncate_after(2)
+    CurveLog(tmp_path / "trials" / "t1" / CURVES_FILE).append([{**step(s), "time": 5.0} for s in range(3, 7)])
+    resumed.start("t1", {})
+    assert resumed.sync("t1") and resumed.run_id("t1") == run_id
+    run = MlflowClient(t.uri).get_run(run_id)
+    assert (run.info.status, run.data.tags["rewarm.status"]) == ("RUNNING", "running")  # open again, said so
+    history = MlflowClient(t.uri).get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # 3 and 4 once: below the run's mark
+
+
+def test_a_trials_closing_write_carries_its_last_points_in_one_batch(tmp_path, monkeypatch):
+    t = tracker(tmp_path)
+    run_id, marks = t.child_for_trial("t1", {}, {})
+    marks = t.log_progress(run_id, [step(1), step(2)], [], marks)
+    writes, real = [], t.client.log_batch
+    monkeypatch.setattr(t.client, "log_batch", lambda rid, **kw: (writes.append(len(kw.get("metrics") or [])),
+                                                                   real(rid, **kw))[1])
+    final = {**report(4), "time/report": 2.0}
+    marks = t.finish_child(run_id, "completed", final, artifacts={}, progress=([step(s) for s in range(1, 5)], [final], marks))
+    assert marks == LoggedMarks(4, 4) and len(writes) == 1  # steps 3-4, the report and the final metrics
+    client = MlflowClient(t.uri)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run_id, "eval/objective")] == [4]
+    run = client.get_run(run_id)
+    assert (run.data.tags["rewarm.logged_step"], run.data.tags["rewarm.logged_report_step"]) == ("4", "4")
+    assert run.data.metrics["final/objective"] == pytest.approx(0.4) and run.info.status == "FINISHED"

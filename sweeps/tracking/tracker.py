@@ -197,10 +197,10 @@ class Tracker:
     def child_for_trial(self, trial_id: str, knobs: dict, params: dict, search: bool = True) -> tuple[str, LoggedMarks]:
         """The trial's child run (found again after a retry or resume) and how far it is logged.
 
-        `search=False`: the caller knows no run of the trial exists (a new sweep's new trial).
+        `search=False`: the caller knows no run of the trial exists (a new sweep's new trial,
+        on its first try).
         """
-        from mlflow.entities import Param
-
+        all_params = {**{f"{KNOB_PARAM_PREFIX}{k}": v for k, v in knobs.items()}, **params}
         found = search and self.client.search_runs(
             [self.ensure_experiment()],
             filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}' "
@@ -208,8 +208,12 @@ class Tracker:
             max_results=1)
         if found:
             run = found[0]
-            if run.info.status != "RUNNING":
+            if run.info.status != "RUNNING":  # ended once (failed, interrupted) and now run again
                 self.client.update_run(run.info.run_id, status="RUNNING")
+                self.client.set_tag(run.info.run_id, STATUS_TAG, str(TrialStatus.RUNNING))
+            # Created just before an outage, a run may lack some of its params: log those only
+            # (MLflow refuses a param logged again with another value).
+            self._log_params(run.info.run_id, {k: v for k, v in all_params.items() if k not in run.data.params})
             tags = run.data.tags
             return run.info.run_id, LoggedMarks(int(tags.get(LOGGED_STEP_TAG, 0)), int(tags.get(LOGGED_REPORT_TAG, 0)))
         tags = {SWEEP_TAG: self.sweep, KIND_TAG: self.run_kind, TRIAL_TAG: trial_id,
@@ -218,11 +222,15 @@ class Tracker:
             tags[PARENT_RUN_TAG] = self.parent_run_id
         run = self.client.create_run(self.ensure_experiment(), tags=tags, run_name=(
             f"{self.sweep}-{trial_id}" if self.run_kind == TRIAL_KIND else trial_id))
-        all_params = {**{f"{KNOB_PARAM_PREFIX}{k}": v for k, v in knobs.items()}, **params}
-        items = [Param(k, _param_text(v)) for k, v in all_params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        self._log_params(run.info.run_id, all_params)
         return run.info.run_id, LoggedMarks(0, 0)
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_text(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i:i + 100])
 
     def log_progress(self, run_id: str, steps: list[dict], reports: list[dict], marks: LoggedMarks) -> LoggedMarks:
         """Log per-step records and report points past their marks; return the new marks."""

@@ -37,6 +37,8 @@ class TrialSync:
         a trial's first run is created without first searching MLflow for an earlier one."""
         self.tracker, self.trials_root, self.params, self.log = tracker, Path(trials_root), params, log
         self.new_sweep = new_sweep
+        self._run_tries: set[str] = set()  # trials whose run this object has tried to create or find
+        self._adopted: dict[str, str] = {}  # trial id -> MLflow run id, of trials closed by an earlier driver
         # One MLflow write per trial per interval, not per report: each write is a round trip
         # (~20 ms on SQLite, more to a server) whatever its size, and the curves wait on disk.
         self.log_interval_s = log_interval_s
@@ -56,7 +58,7 @@ class TrialSync:
         return {**self.__dict__, "log": None}  # a log function may not pickle
 
     def __setstate__(self, state):
-        self.__dict__.update({"_best": None, "_best_tags": None, "_closed": {}, **state})
+        self.__dict__.update({"_best": None, "_best_tags": None, "_closed": {}, "_run_tries": set(), "_adopted": {}, **state})
         self.new_sweep = False  # restored (`rewarm resume`): its trials' runs may exist
         self.log = self.log or print
 
@@ -88,14 +90,16 @@ class TrialSync:
         return self._best[1] if self._best else None
 
     def run_id(self, trial_id: str) -> str:
-        return self._runs[trial_id][0]
+        return self._runs[trial_id][0] if trial_id in self._runs else self._adopted[trial_id]
 
     def adopt_closed(self, summaries: list[dict]) -> None:
         """Take in trials closed by an earlier driver of this sweep (after `rewarm resume`: Tune
         restores this object as it was when the sweep started), from MLflow's records."""
         for t in summaries:
             if t["status"] in ENDED_STATUSES and t["trial_id"] not in self._pending:
-                self._runs.setdefault(t["trial_id"], (t["run_id"], LoggedMarks(0, 0)))
+                # Not among the runs this driver syncs: their points are all in MLflow. Should
+                # Tune run one again (a failed trial), its run is found with its marks.
+                self._adopted.setdefault(t["trial_id"], t["run_id"])
                 self._closed.setdefault(t["trial_id"], TrialStatus(t["status"]))
                 self._rank(t["trial_id"], t["status"], t["metrics"].get("objective"))
 
@@ -144,8 +148,12 @@ class TrialSync:
         if self._in_outage:  # probe first: a sync with nothing new would not touch the server
             check_reachable(self.tracker.uri, timeout_s=2.0)
         if trial_id not in self._runs:
+            # Only a new sweep's first try may skip the search: a try cut short by an outage
+            # may have created the run already.
+            search = not self.new_sweep or trial_id in self._run_tries
+            self._run_tries.add(trial_id)
             self._runs[trial_id] = self.tracker.child_for_trial(trial_id, self.knobs.get(trial_id, {}), self.params,
-                                                                search=not self.new_sweep)
+                                                                search=search)
         run_id, marks = self._runs[trial_id]
         run_dir = self.trials_root / trial_id
         cursors = self._tails.get(trial_id, (TailCursor(), TailCursor()))
