@@ -165,7 +165,8 @@ def test_a_trials_closing_write_carries_its_last_points_in_one_batch(tmp_path, m
     monkeypatch.setattr(t.client, "log_batch", lambda rid, **kw: (writes.append(len(kw.get("metrics") or [])),
                                                                    real(rid, **kw))[1])
     final = {**report(4), "time/report": 2.0}
-    marks = t.finish_child(run_id, "completed", final, artifacts={}, progress=([step(s) for s in range(1, 5)], [final], marks))
+    marks = t.finish_child(run_id, "completed", final, artifacts={},
+                           progress=([step(s) for s in range(1, 5)], [final], marks))
     assert marks == LoggedMarks(4, 4) and len(writes) == 1  # steps 3-4, the report and the final metrics
     client = MlflowClient(t.uri)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2, 3, 4]

@@ -58,7 +58,8 @@ class TrialSync:
         return {**self.__dict__, "log": None}  # a log function may not pickle
 
     def __setstate__(self, state):
-        self.__dict__.update({"_best": None, "_best_tags": None, "_closed": {}, "_run_tries": set(), "_adopted": {}, **state})
+        self.__dict__.update({"_best": None, "_best_tags": None, "_closed": {}, "_run_tries": set(), "_adopted": {},
+                              **state})
         self.new_sweep = False  # restored (`rewarm resume`): its trials' runs may exist
         self.log = self.log or print
 
