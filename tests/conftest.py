@@ -113,6 +113,23 @@ def changed(base: dict, changes: dict, sep: str = ".") -> dict:
     return raw
 
 
+def assert_divergence_recorded(spec, sweep: str) -> None:
+    """In MLflow, the sweep's diverged trials are its max_lr=60 ones, stopped within two evals,
+    closed FAILED and never ranked (the divergence tests of both kinds of trial)."""
+    from sweeps.results.best import rank
+    from sweeps.tracking.records import load_sweep
+    from sweeps.tracking.store import open_client
+
+    client = open_client(spec.tracking_uri())
+    _, trials = load_sweep(client, sweep)
+    diverged = [t for t in trials if t["status"] == "diverged"]
+    assert diverged and {t["max_lr"] for t in diverged} == {60.0}
+    eval_steps = spec.training.eval_every_tokens // spec.tokens_per_step
+    assert all(t["step"] <= 2 * eval_steps for t in diverged)  # stopped within a few evals
+    assert all(client.get_run(t["run_id"]).info.status == "FAILED" for t in diverged)
+    assert {t["status"] for t in rank(trials)} == {"completed"}  # never ranked
+
+
 def small_spec(tmp_path=None, **sections):
     """A tiny single-run spec on the default toy world; `sections` are merged in two levels
     deep, except `search_space.params`, which is replaced (so `{}` frees every knob)."""

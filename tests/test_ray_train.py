@@ -80,11 +80,9 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
     import dataclasses
     import shutil
 
-    from sweeps.config.resolve import base_reference_key, measure_here, resolve
-    from trainers.toyworld import default_cache_dir
-
-    from sweeps.config.resolve import trial_config
+    from sweeps.config.resolve import base_reference_key, measure_here, resolve, trial_config
     from trainers.local import run_distributed
+    from trainers.toyworld import default_cache_dir
 
     ddp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2})
     ddp = run_distributed(trial_config(resolve(ddp_spec), ddp_spec.fixed_knobs()), world=2)
