@@ -89,8 +89,8 @@ def test_a_new_sweeps_sync_restored_by_resume_finds_its_trials_runs_again(tmp_pa
 
 def test_a_run_created_just_before_an_outage_is_found_again_and_gets_its_params(tmp_path, monkeypatch):
     """The first try of a new sweep's trial creates its run without searching; when the store
-    goes away between creating the run and logging its params, the next try must find that
-    run (not create a second) and log the params it lacks."""
+    goes away as it creates the run (the run is made, its reply is lost), the next try must
+    find that run (not create a second) and log the params it lacks."""
     from requests.exceptions import ConnectionError as RequestsConnectionError
 
     from sweeps.tracking import trial_sync
@@ -99,23 +99,51 @@ def test_a_run_created_just_before_an_outage_is_found_again_and_gets_its_params(
     monkeypatch.setattr(trial_sync, "OUTAGE_RETRY_S", 0.0)
     t = tracker(tmp_path)
     sync = TrialSync(t, tmp_path / "trials", {"model": "toy"}, 0.0, log=lambda m: None, new_sweep=True)
-    real, failed = t.client.log_batch, []
+    real, created = t.client.create_run, []
 
-    def params_fail_once(run_id, metrics=(), params=(), tags=(), **kwargs):
-        if params and not failed:
-            failed.append(run_id)
+    def reply_lost_once(*args, **kwargs):
+        run = real(*args, **kwargs)
+        if not created:
+            created.append(run.info.run_id)
             raise RequestsConnectionError("tracking server went away")
-        return real(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+        return run
 
-    monkeypatch.setattr(t.client, "log_batch", params_fail_once)
+    monkeypatch.setattr(t.client, "create_run", reply_lost_once)
     sync.start("t1", {"max_lr": 1e-3})
-    assert failed  # the run exists, the sync did not get its id
+    assert created  # the run exists, the sync did not get its id
     with pytest.raises(KeyError):
         sync.run_id("t1")
     assert sync.sync("t1")
     runs = MlflowClient(t.uri).search_runs([t.ensure_experiment()], filter_string="tags.`rewarm.trial_id` = 't1'")
-    assert [r.info.run_id for r in runs] == failed
+    assert [r.info.run_id for r in runs] == created
     assert runs[0].data.params == {"knob.max_lr": "0.001", "model": "toy"}
+
+
+def test_a_new_runs_params_ride_on_its_first_write_and_survive_losing_it(tmp_path, monkeypatch):
+    """No round trip of their own: a new run's params go in its first log_batch, with its first
+    points; when that write is lost, the next one carries them again."""
+    t = tracker(tmp_path)
+    run_id, marks = t.child_for_trial("t1", {"max_lr": 1e-3}, {"model": "toy"})
+    writes, real = [], t.client.log_batch
+
+    def lost_once(rid, metrics=(), params=(), tags=(), **kwargs):
+        writes.append((len(metrics), len(params)))
+        if len(writes) == 1:
+            raise ConnectionError("tracking server went away")
+        return real(rid, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(t.client, "log_batch", lost_once)
+    with pytest.raises(ConnectionError):
+        t.log_progress(run_id, [step(1)], [], marks)
+    marks = t.log_progress(run_id, [step(1), step(2)], [], marks)
+    t.log_progress(run_id, [step(3)], [], marks)
+    assert writes == [(2, 2), (4, 2), (2, 0)]  # loss and lr per step; the params until a write took them
+    run = MlflowClient(t.uri).get_run(run_id)
+    assert run.data.params == {"knob.max_lr": "0.001", "model": "toy"}
+    # A run that ends before its first point (a trial failing at once) gets them when it is closed.
+    other, _ = t.child_for_trial("t2", {"max_lr": 2e-3}, {"model": "toy"})
+    t.finish_child(other, "failed", {}, artifacts={})
+    assert MlflowClient(t.uri).get_run(other).data.params == {"knob.max_lr": "0.002", "model": "toy"}
 
 
 def test_trials_closed_by_an_earlier_driver_are_not_sent_again_and_continue_from_their_marks(tmp_path, monkeypatch):

@@ -56,7 +56,8 @@ BEST_TRIAL_TAG, BEST_RUN_TAG = "rewarm.best_trial_id", "rewarm.best_run_id"
 BEST_OBJECTIVE_TAG, BEST_CONFIG_TAG = "rewarm.best_objective", "rewarm.best_config"  # config: the knobs, JSON
 BYTES_HELD_METRIC = "storage/bytes_held"  # parent run: what the sweep's trials hold on storage
 SPEC_ARTIFACT = "spec.yaml"  # the sweep's spec on its parent run (`rewarm best --export` reads it)
-_MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+_MAX_BATCH = 1000  # MLflow's limit on entries (metrics, params and tags) per log_batch call
+_MAX_BATCH_PARAMS = 100  # and on params among them
 
 
 class LoggedMarks(NamedTuple):
@@ -76,12 +77,17 @@ class Tracker:
         self._client = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        # Params of runs this tracker created, not yet in MLflow: they ride on the run's next
+        # log_batch (its first curve points, or its closing write) instead of a round trip of
+        # their own. A run found again without some of them gets them at once (child_for_trial).
+        self._unlogged_params: dict[str, list] = {}
 
     def __getstate__(self):
         return {**self.__dict__, "_client": None}
 
     def __setstate__(self, state):
-        self.__dict__.update({"run_kind": TRIAL_KIND, **state})  # pickled before runs had kinds: a sweep's
+        # Pickled before runs had kinds (a sweep's), or before params rode on the first write.
+        self.__dict__.update({"run_kind": TRIAL_KIND, "_unlogged_params": {}, **state})
 
     @property
     def client(self):
@@ -116,7 +122,7 @@ class Tracker:
     def start_parent(self, spec_yaml: str, params: dict, base_reference: dict, search_space: dict,
                      resume: bool, tags: dict[str, str] | None = None) -> str:
         """Create the sweep's parent run, or reopen it when resuming; `tags` are set either way."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, RunTag
 
         existing = self.find_parent()
         if existing is not None and resume:
@@ -137,7 +143,7 @@ class Tracker:
         self.client.log_batch(
             self.parent_run_id,
             metrics=[Metric(f"{BASE_PREFIX}{k}", v, now, 0) for k, v in _flatten(base_reference).items()],
-            params=[Param(k, _param_text(v)) for k, v in params.items()],
+            params=_params(params),
             tags=[RunTag("rewarm.search_space", json.dumps(search_space))]
             + [RunTag(k, v) for k, v in (tags or {}).items()])
         self.client.log_text(self.parent_run_id, spec_yaml, SPEC_ARTIFACT)
@@ -198,7 +204,7 @@ class Tracker:
         """The trial's child run (found again after a retry or resume) and how far it is logged.
 
         `search=False`: the caller knows no run of the trial exists (a new sweep's new trial,
-        on its first try).
+        on its first try). A new run's params go with its first `log_progress` or `finish_child`.
         """
         all_params = {**{f"{KNOB_PARAM_PREFIX}{k}": v for k, v in knobs.items()}, **params}
         found = search and self.client.search_runs(
@@ -222,15 +228,16 @@ class Tracker:
             tags[PARENT_RUN_TAG] = self.parent_run_id
         run = self.client.create_run(self.ensure_experiment(), tags=tags, run_name=(
             f"{self.sweep}-{trial_id}" if self.run_kind == TRIAL_KIND else trial_id))
-        self._log_params(run.info.run_id, all_params)
+        if len(all_params) <= _MAX_BATCH_PARAMS:
+            self._unlogged_params[run.info.run_id] = _params(all_params)
+        else:  # more than one batch takes: on their own, now
+            self._log_params(run.info.run_id, all_params)
         return run.info.run_id, LoggedMarks(0, 0)
 
     def _log_params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, _param_text(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run_id, params=items[i:i + 100])
+        items = _params(params)
+        for i in range(0, len(items), _MAX_BATCH_PARAMS):
+            self.client.log_batch(run_id, params=items[i:i + _MAX_BATCH_PARAMS])
 
     def log_progress(self, run_id: str, steps: list[dict], reports: list[dict], marks: LoggedMarks) -> LoggedMarks:
         """Log per-step records and report points past their marks; return the new marks."""
@@ -271,12 +278,17 @@ class Tracker:
         return new_marks
 
     def _log_in_batches(self, run_id: str, metrics: list, tags: list) -> None:
-        """One log_batch per MLflow's limit of entries; the tags (the marks among them) go with
-        the last one, so a failure mid-way re-logs, never skips."""
-        size = _MAX_BATCH - len(tags)
+        """One log_batch per MLflow's limit of entries; the run's unlogged params go with the
+        first, the tags (the marks among them) with the last, so a failure mid-way re-logs,
+        never skips."""
+        params = self._unlogged_params.get(run_id, [])
+        size = _MAX_BATCH - len(tags) - len(params)
         chunks = [metrics[i:i + size] for i in range(0, len(metrics), size)] or [[]]
         for i, chunk in enumerate(chunks):
-            self.client.log_batch(run_id, metrics=chunk, tags=tags if i == len(chunks) - 1 else [])
+            self.client.log_batch(run_id, metrics=chunk, params=params if i == 0 else [],
+                                  tags=tags if i == len(chunks) - 1 else [])
+            if i == 0:
+                self._unlogged_params.pop(run_id, None)
 
 
 def progress_metrics(steps: list[dict], reports: list[dict], marks: LoggedMarks) -> tuple[list, LoggedMarks]:
@@ -355,6 +367,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
 
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _params(params: dict) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, _param_text(v)) for k, v in params.items()]
 
 
 def _param_text(v) -> str:
