@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from scipy.signal import lfilter
 
 ALPHAS = tuple(float(a) for a in np.geomspace(0.05, 3.0, 24))
 OFFSETS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # s0, in steps at eta_ref
@@ -73,6 +72,10 @@ def schedule_areas(lrs: Sequence[float], eta_ref: float, lam: float, base_final_
     prev = np.concatenate([[base_final_lr / eta_ref], eta[:-1]])
     drops = prev - eta
     # m_i = lam * m_{i-1} + d_i: a first-order IIR filter (C speed for 10^5-step schedules).
+    # scipy is imported here, not with the module: every sweep driver imports this module
+    # (through the spec) and scipy.signal costs it ~0.7 s before its first trial.
+    from scipy.signal import lfilter
+
     m = lfilter([1.0], [1.0, -lam], drops) if lam else drops
     S2 = np.concatenate([[0.0], np.cumsum(m)])
     return ScheduleAreas(S1, S2)
