@@ -11,14 +11,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SMALL_RUN, changed
+from tests.conftest import SMALL_RUN, changed, seed_mlflow_store
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, toy_world):
+def workspace(tmp_path_factory, toy_world, empty_mlflow_store):
     tmp = tmp_path_factory.mktemp("bad")
+    seed_mlflow_store(tmp, empty_mlflow_store)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("existing")
@@ -83,13 +84,15 @@ def _db_state(uri):
     return hashlib.sha256(db.read_bytes()).hexdigest(), sorted((r.info.run_id, r.info.status, r.info.end_time) for r in runs)
 
 
-# Cases that start Ray run as a subprocess, so no Ray is left running in the test process.
+# Cases that need Ray run as a subprocess that joins the session's cluster (as a user's command
+# joins theirs; starting a cluster of its own would cost ~10 s), so the check is against a real
+# cluster's resources and no Ray is started in the test process by the command.
 NEEDS_RAY = {"too-many-workers"}
 
 
 @pytest.mark.parametrize("case,build,fragment", [
     pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in NEEDS_RAY else []) for c in CASES])
-def test_bad_input_is_one_line_exit_2(workspace, rewarm_bin, case, build, fragment, monkeypatch, capfd):
+def test_bad_input_is_one_line_exit_2(workspace, rewarm_bin, case, build, fragment, monkeypatch, capfd, request):
     from sweeps.cli import main
 
     tmp, uri = workspace
@@ -100,7 +103,9 @@ def test_bad_input_is_one_line_exit_2(workspace, rewarm_bin, case, build, fragme
     if case == "unreachable-server":
         monkeypatch.delenv("MLFLOW_TRACKING_URI")
     if case in NEEDS_RAY:
-        proc = subprocess.run([rewarm_bin, *build(tmp)], capture_output=True, text=True, env=dict(os.environ))
+        address = request.getfixturevalue("cluster_env")["RAY_ADDRESS"]  # first: it sets the cluster's auth env
+        env = {**os.environ, "RAY_ADDRESS": address}
+        proc = subprocess.run([rewarm_bin, *build(tmp)], capture_output=True, text=True, env=env)
         code, out, err = proc.returncode, proc.stdout, proc.stderr
     else:
         code = main(build(tmp))

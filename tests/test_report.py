@@ -11,15 +11,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.execution.driver import run_sweep
-from tests.conftest import require, small_spec
+from tests.conftest import require, small_spec, seed_mlflow_store
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TASKS = ("next_word", "successor_rank")
 
 
 @pytest.fixture(scope="module")
-def task_sweep(local_ray, toy_world, tmp_path_factory):
+def task_sweep(local_ray, toy_world, tmp_path_factory, empty_mlflow_store):
     tmp = tmp_path_factory.mktemp("tasksweep")
+    seed_mlflow_store(tmp, empty_mlflow_store)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     spec = small_spec(
         tmp, name="tasks",

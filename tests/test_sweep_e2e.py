@@ -11,15 +11,16 @@ from mlflow.tracking import MlflowClient
 from sweeps.config.loading import load_spec
 from sweeps.execution.single_run import run_single
 from sweeps.execution.driver import run_sweep
-from tests.conftest import assert_divergence_recorded, small_spec
+from tests.conftest import assert_divergence_recorded, small_spec, seed_mlflow_store
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TERMINAL = {"completed", "early_stopped", "diverged", "failed"}
 
 
 @pytest.fixture(scope="module")
-def sweep(local_ray, toy_world, tmp_path_factory):
+def sweep(local_ray, toy_world, tmp_path_factory, empty_mlflow_store):
     tmp = tmp_path_factory.mktemp("sweep")
+    seed_mlflow_store(tmp, empty_mlflow_store)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     spec = small_spec(
         tmp, name="e2e",
