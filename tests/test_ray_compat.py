@@ -159,3 +159,19 @@ def test_ray_prints_raylet_notices_through_the_function_rewarm_filters(capsys):
 
     assert token_setup.logger is logging.getLogger(ray_compat.TOKEN_AUTH_LOGGER)
     assert inspect.getsource(token_setup).count("Token authentication is enabled") == 1
+
+
+def test_a_train_worker_hands_on_its_reports_through_the_queue_poll_status_reads_first():
+    """What `wait_for_reports_collected` relies on: each worker's reports wait in the queue its
+    train context returns, and `poll_status` takes from it before asking whether the training
+    thread runs (the order that loses a report put as the thread ends). Outside a worker the
+    wait returns at once."""
+    import inspect
+
+    from ray.train.v2._internal.execution.context import TrainContext
+    from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker
+
+    assert callable(TrainContext.get_result_queue)
+    source = inspect.getsource(RayTrainWorker.poll_status)
+    assert source.index("result_queue.get_nowait()") < source.index("training_thread_runner.is_running()")
+    assert ray_compat.wait_for_reports_collected(timeout_s=0.1) is True

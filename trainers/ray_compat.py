@@ -90,6 +90,37 @@ def without_idle_dataset_manager(trainer):
     return trainer
 
 
+def wait_for_reports_collected(timeout_s: float = 30.0) -> bool:
+    """In a Ray Train worker, before the training function returns: wait until the controller
+    has taken every report this worker made. Whether it gave up (a report still uncollected).
+
+    Ray Train 2.60's worker `poll_status` reads the worker's report queue, then whether the
+    training thread still runs. A report put, and the thread ended, between those two reads
+    is never collected: the worker counts as finished with its report in the queue. A trial
+    whose last report comes right before its end (a run that diverges at its second step)
+    then reaches Tune with no result at all, and Tune's metric check stops the whole sweep
+    (seen once in CI, 2026-12-04). While the thread waits here, the poll that takes the
+    report sees it running, so the report is handed on.
+    """
+    import time
+
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+    except ImportError:
+        log.warning("Ray Train moved its workers' report queue; a report made as a run ends may be lost")
+        return False
+    try:
+        reports = get_train_context().get_result_queue()
+    except RuntimeError:  # not in a Train worker: nothing reported through Train
+        return True
+    deadline = time.monotonic() + timeout_s
+    while not reports.empty():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 # ---------------------------------------------------------------------- errors of Ray tasks
 
 

@@ -183,6 +183,7 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as ckpt_dir:
         run_attempt(cfg, reporter, ray.train.torch.get_device(), Path(ckpt_dir) if ckpt_dir else None)
+    ray_compat.wait_for_reports_collected()  # the last report must not end with the run (ray_compat says why)
 
 
 def measure_base(cfg: TrialConfig, device: torch.device) -> BaseReference:
