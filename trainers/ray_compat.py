@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def without_idle_dataset_manager(trainer):
 
 def wait_for_reports_collected(timeout_s: float = 30.0) -> bool:
     """In a Ray Train worker, before the training function returns: wait until the controller
-    has taken every report this worker made. Whether it gave up (a report still uncollected).
+    has taken every report this worker made. True once they are taken (or outside a Train
+    worker); False when it gave up, with a warning, a report still uncollected.
 
     Ray Train 2.60's worker `poll_status` reads the worker's report queue, then whether the
     training thread still runs. A report put, and the thread ended, between those two reads
@@ -102,8 +104,6 @@ def wait_for_reports_collected(timeout_s: float = 30.0) -> bool:
     (seen once in CI, 2026-12-04). While the thread waits here, the poll that takes the
     report sees it running, so the report is handed on.
     """
-    import time
-
     try:
         from ray.train.v2._internal.execution.context import get_train_context
     except ImportError:
@@ -116,6 +116,7 @@ def wait_for_reports_collected(timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not reports.empty():
         if time.monotonic() >= deadline:
+            log.warning("Ray Train did not collect this worker's last report within %.0f s; it may be lost", timeout_s)
             return False
         time.sleep(0.01)
     return True
