@@ -170,14 +170,12 @@ def case_checkpoint(directory: str) -> dict:
 
 def case_checkpoint_sharded(directory: str) -> dict:
     """The same model under FSDP on 2 CPU processes (gloo): each rank writes and hashes its shards."""
-    import torch.multiprocessing as mp
+    from trainers.local import free_port, start_ranks
 
     model_dir = Path(directory) / "model410m"
     _gpt_neox(50304, **PYTHIA_410M).save_pretrained(model_dir)
     out = Path(directory) / "sharded.json"
-    from trainers.local import free_port
-
-    mp.spawn(_sharded_rank, args=(2, str(model_dir), directory, str(out), free_port()), nprocs=2, join=True)
+    start_ranks(_sharded_rank, 2, (str(model_dir), directory, str(out), free_port()))
     return json.loads(out.read_text())
 
 

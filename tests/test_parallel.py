@@ -278,13 +278,12 @@ def _load_rank(rank, world, model_path, out, port):
 
 @pytest.mark.slow
 def test_fsdp_ranks_read_only_their_own_rows_and_get_the_pretrained_weights(toy_world, tmp_path):
-    import torch.multiprocessing as mp
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / "loaded.pt"
-    from trainers.local import free_port
+    from trainers.local import free_port, start_ranks
 
-    mp.spawn(_load_rank, args=(2, str(toy_world.model), str(out), free_port()), nprocs=2, join=True)
+    out = tmp_path / "loaded.pt"
+    start_ranks(_load_rank, 2, (str(toy_world.model), str(out), free_port()))
     got = torch.load(out, weights_only=True)
     assert got["loaded_by"] == "own shards"  # no rank held the whole model
     reference = AutoModelForCausalLM.from_pretrained(toy_world.model)

@@ -63,15 +63,32 @@ def run_distributed(cfg: TrialConfig, world: int, checkpoint_root: Path | None =
     import json
     import tempfile
 
-    import torch.multiprocessing as mp
-
     port = free_port()
     out = Path(tempfile.mkdtemp(prefix="rewarm-dist-")) / "rank0.json"
-    mp.spawn(_distributed_rank, args=(world, cfg.model_dump_json(), str(checkpoint_root) if checkpoint_root else None,
-                                      str(resume_from) if resume_from else None, port, str(out)),
-             nprocs=world, join=True)
+    start_ranks(_distributed_rank, world, (cfg.model_dump_json(), str(checkpoint_root) if checkpoint_root else None,
+                                           str(resume_from) if resume_from else None, port, str(out)))
     data = json.loads(out.read_text())
     return CollectingReporter(checkpoint_root, data["reports"], data["steps"], [Path(p) for p in data["checkpoints"]])
+
+
+# What every rank imports before its first step. Ranks are forked from one forkserver that
+# imported these once: spawning each rank fresh re-imports torch and transformers' model code
+# (~4 s of CPU a rank on 2 cores; more than the toy's whole run). The server is single-threaded
+# and forks before any torch op, so no thread pool or lock is inherited mid-use, which is why
+# not plain fork from a caller that may run threads (Ray, MLflow).
+RANK_PRELOAD = ["trainers.local", "trainers.worker", "transformers.modeling_utils"]
+
+
+def start_ranks(fn, world: int, args: tuple) -> None:
+    """Run `fn(rank, world, *args)` on `world` local processes and wait for them all (an error
+    in any rank is raised here). `fn` must be importable by name (a module-level function)."""
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    # Read when the forkserver starts; a running server keeps what it imported.
+    multiprocessing.get_context("forkserver").set_forkserver_preload(RANK_PRELOAD)
+    mp.start_processes(fn, args=(world, *args), nprocs=world, join=True, start_method="forkserver")
 
 
 def _distributed_rank(rank: int, world: int, cfg_json: str, checkpoint_root: str | None,
