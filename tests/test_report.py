@@ -53,12 +53,23 @@ def test_task_curves_are_logged_per_eval(task_sweep):
                 assert sorted(m.step for m in history) == sorted(m.step for m in evals), (t, metric)
 
 
-def test_analyze_fits_every_task_metric_and_logs_to_the_parent(task_sweep, rewarm_bin):
+def _rewarm(args: list[str], capsys) -> tuple[int, str, str]:
+    """A `rewarm` command in this process (its exit code, stdout, stderr): the commands read
+    MLflow alone, and starting a Python with their imports costs ~3 s each. The console script
+    itself runs in test_spec.py and below (`rewarm ui`)."""
+    from sweeps.cli import main
+
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_analyze_fits_every_task_metric_and_logs_to_the_parent(task_sweep, capsys):
     uri, outcome, _ = task_sweep
-    proc = subprocess.run([rewarm_bin, "analyze", "--sweep", "tasks", "--tracking-uri", uri, "--format", "json"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
+    code, out, err = _rewarm(["analyze", "--sweep", "tasks", "--tracking-uri", uri, "--format", "json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
     assert {(r["task"], r["metric"]) for r in rows} == {(t, m) for t in TASKS for m in ("accuracy", "correct_prob", "brier")}
     for r in rows:
         assert r["points"] == 4 * 4 and r["trials"] == 4  # 4 trials x 4 evals
@@ -69,12 +80,11 @@ def test_analyze_fits_every_task_metric_and_logs_to_the_parent(task_sweep, rewar
     assert {"analysis.json", "analysis.txt"} <= {a.path for a in client.list_artifacts(outcome.parent_run_id)}
 
 
-def test_forecast_gives_every_trial_an_interval_and_ranks_the_untried_configs(task_sweep, rewarm_bin):
+def test_forecast_gives_every_trial_an_interval_and_ranks_the_untried_configs(task_sweep, capsys):
     uri, outcome, _ = task_sweep
-    proc = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri, "--format", "json"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    code, out, err = _rewarm(["forecast", "--sweep", "tasks", "--tracking-uri", uri, "--format", "json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
     assert result["fitted_on"] == 4 and len(result["trials"]) == 4
     base = result["base"]
     for row in result["trials"]:
@@ -99,23 +109,20 @@ def test_forecast_gives_every_trial_an_interval_and_ranks_the_untried_configs(ta
     assert any(u["extrapolated"] for u in untried)  # the space's extreme LRs: no trial ran there
     assert all(u["objective"]["lo"] < u["objective"]["mean"] < u["objective"]["hi"] for u in untried)
 
-    table = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri],
-                           capture_output=True, text=True, timeout=300)
-    assert table.returncode == 0 and "untried grid configs), best predicted first" in table.stdout, \
-        table.stdout + table.stderr
-    bad = subprocess.run([rewarm_bin, "forecast", "--sweep", "tasks", "--tracking-uri", uri, "--coverage", "1.5"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    code, out, err = _rewarm(["forecast", "--sweep", "tasks", "--tracking-uri", uri], capsys)
+    assert code == 0 and "untried grid configs), best predicted first" in out, out + err
+    code, out, err = _rewarm(["forecast", "--sweep", "tasks", "--tracking-uri", uri, "--coverage", "1.5"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
         "rewarm: error: --coverage must be between 0.5 and 1 (exclusive), got 1.5"]
 
 
 @pytest.fixture(scope="module")
-def report(task_sweep, rewarm_bin):
+def report(task_sweep):
+    from sweeps.cli import main
+
     uri, outcome, tmp = task_sweep
     out = tmp / "report"
-    proc = subprocess.run([rewarm_bin, "report", "--sweep", "tasks", "--tracking-uri", uri, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["report", "--sweep", "tasks", "--tracking-uri", uri, "--out", str(out)]) == 0
     return out, uri, outcome
 
 

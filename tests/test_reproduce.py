@@ -150,7 +150,7 @@ def test_experiment_grids_and_specs():
 
 
 @pytest.mark.slow
-def test_reproduce_ibrahim_end_to_end(tmp_path, rewarm_bin, toy_world, cluster_env):
+def test_reproduce_ibrahim_end_to_end(tmp_path, rewarm_bin, toy_world, cluster_env, monkeypatch, capsys):
     """A real `rewarm reproduce ibrahim2024` on 8 steps per trial: 7 sweeps' trials in MLflow, the
     report, numbers that are MLflow's own; a second call reuses the finished sweep; another budget
     under the same name is refused in one line."""
@@ -174,10 +174,16 @@ def test_reproduce_ibrahim_end_to_end(tmp_path, rewarm_bin, toy_world, cluster_e
     html = (tmp_path / "out" / "report.html").read_text()
     assert "ibrahim2024_replay.png" in html and (tmp_path / "out" / "ibrahim2024_replay.png").stat().st_size > 10_000
 
-    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "already finished, reused" in again.stdout + again.stderr
+    # The follow-ups in this process, in the same environment (the console script ran above).
+    from sweeps.cli import main
 
-    other = subprocess.run([*args[:3], "--tokens-per-trial", "32768", *args[5:]], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert other.returncode == 2, other.stderr[-2000:]
-    assert other.stderr.strip().splitlines()[-1].startswith("rewarm: error: sweep 'reproduce-replay' already exists")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    capsys.readouterr()
+    assert main(args[1:]) == 0
+    again = capsys.readouterr()
+    assert "already finished, reused" in again.out + again.err
+
+    assert main([*args[1:3], "--tokens-per-trial", "32768", *args[5:]]) == 2
+    other = capsys.readouterr().err
+    assert other.strip().splitlines()[-1].startswith("rewarm: error: sweep 'reproduce-replay' already exists"), other
