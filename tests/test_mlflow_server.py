@@ -29,7 +29,8 @@ def mlflow_on_postgres(tmp_path):
         pg.stop()
 
 
-def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, toy_world, rewarm_bin, cluster_env):
+def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, toy_world, rewarm_bin, cluster_env,
+                                                 capsys):
     pg, server = mlflow_on_postgres
     raw = changed(SMALL_RUN, {
         "name": "pgsweep", "storage_path": str(tmp_path / "runs"),
@@ -45,10 +46,11 @@ def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, t
     proc = subprocess.run([rewarm_bin, "sweep", str(spec)], env=cluster_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    best = subprocess.run([rewarm_bin, "best", "--sweep", "pgsweep", "--tracking-uri", server.uri, "--format", "json"],
-                          capture_output=True, text=True, timeout=120)
-    assert best.returncode == 0, best.stderr
-    rows = json.loads(best.stdout)
+    from sweeps.cli import main  # `best` in this process: it reads the server alone
+
+    capsys.readouterr()
+    assert main(["best", "--sweep", "pgsweep", "--tracking-uri", server.uri, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     # The runs live in Postgres: the parent and both trials, all finished, with their curves.
     statuses = pg.sql("select status from runs order by status", db="mlflow").split()
