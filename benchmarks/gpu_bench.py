@@ -59,7 +59,7 @@ def rewarm_run(model_dir: Path, blocks: Path, strategy: str, micro: int, accum: 
     from trainers.local import CollectingReporter
     from trainers.loop import Trainer, load_model
     from trainers.objective import BaseReference
-    from trainers.parallel import ParallelConfig
+    from trainers.parallel_config import ParallelConfig
     from trainers.schedules import ScheduleConfig
 
     n = int(np.load(blocks, mmap_mode="r").shape[0])

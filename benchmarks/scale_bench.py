@@ -146,7 +146,8 @@ def case_eval(mode: str) -> dict:
 def case_checkpoint(directory: str) -> dict:
     import torch
 
-    from trainers.checkpoint import TrainState, capture_rng, load_checkpoint, save_checkpoint, verify_checkpoint
+    from trainers.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+    from trainers.checkpoint_files import TrainState, verify_checkpoint
 
     model = _gpt_neox(50304, **PYTHIA_410M)
     params = sum(p.numel() for p in model.parameters())
@@ -183,9 +184,10 @@ def _sharded_rank(rank: int, world: int, model_dir: str, directory: str, out: st
     import torch
     import torch.distributed as dist
 
-    from trainers.checkpoint import (TrainState, capture_rng, load_checkpoint, newest_good_checkpoint,
-                                     save_sharded_checkpoint)
-    from trainers.parallel import ParallelConfig, build_model
+    from trainers.checkpoint import capture_rng, load_checkpoint, newest_good_checkpoint, save_sharded_checkpoint
+    from trainers.checkpoint_files import TrainState
+    from trainers.parallel import build_model
+    from trainers.parallel_config import ParallelConfig
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

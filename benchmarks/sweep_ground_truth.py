@@ -55,7 +55,7 @@ def fingerprint(spec) -> str:
 
     dump = spec.model_dump(mode="json", exclude=_NOT_IN_GROUND_TRUTH)
     dump["training"].pop("task_eval_every_tokens", None)
-    from trainers.parallel import ParallelConfig
+    from trainers.parallel_config import ParallelConfig
 
     if spec.search_space.algorithm is None:
         dump["search_space"].pop("algorithm", None)  # the ground truth is a grid of its own (grid_configs)

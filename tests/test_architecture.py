@@ -123,13 +123,17 @@ def test_every_sub_package_says_what_it_owns_and_may_import():
         assert "Owns:" in doc and "May import:" in doc, f"{init.relative_to(REPO)} lacks its Owns/May import docstring"
 
 
-def test_a_sweep_drivers_imports_leave_out_what_only_some_sweeps_need():
-    """scipy (the schedule law's filter) is imported where a forecast is computed, not by every
-    `rewarm sweep` before its first trial (~0.7 s on 2 cores). torch is: the trainers' configs
-    live beside their torch code."""
+def test_a_sweep_drivers_imports_leave_out_what_only_some_sweeps_need(toy_world):
+    """What a `rewarm sweep` does before its first trial (imports, resolving a spec) imports no
+    torch, transformers or scipy: the driver builds no model (trainers' configs and checkpoint
+    checks live apart from their torch code; the seq-len check reads config.json) and computes
+    no forecast. Each would cost every command ~0.7-1.3 s on 2 cores."""
     import subprocess
     import sys
 
-    probe = "import sys, sweeps.cli, sweeps.execution.driver; print(sorted(m for m in ('scipy',) if m in sys.modules))"
+    probe = ("import sys, sweeps.cli, sweeps.execution.driver, sweeps.execution.callback; "
+             "from tests.conftest import small_spec; from sweeps.config.resolve import resolve; "
+             "resolve(small_spec(), log=lambda *a: None); "
+             "print(sorted(m for m in ('scipy', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]", out

@@ -26,3 +26,16 @@ def test_non_persistent_buffers_are_recomputed_by_the_models_own_init(toy_world)
     empty.to_empty(device="cpu")
     hf_compat.init_non_persistent_buffers(empty)
     assert torch.equal(empty.gpt_neox.rotary_emb.inv_freq, loaded.gpt_neox.rotary_emb.inv_freq)
+
+
+def test_max_positions_from_config_json_is_what_transformers_reads(toy_world, tmp_path):
+    """The driver reads a model's longest sequence from config.json without transformers; it
+    must be the value transformers' config gives, for configs that name it either way."""
+    from transformers import GPT2Config, LlamaConfig
+
+    assert hf_compat.max_positions(hf_compat.read_model_config(str(toy_world.model))) == \
+        AutoConfig.from_pretrained(toy_world.model).max_position_embeddings
+    for config in (GPT2Config(n_positions=321), LlamaConfig(max_position_embeddings=654)):
+        config.save_pretrained(tmp_path / config.model_type)
+        raw = hf_compat.read_model_config(str(tmp_path / config.model_type))
+        assert hf_compat.max_positions(raw) == config.max_position_embeddings, config.model_type

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from sweeps.config.resolve import trial_config
-from trainers.checkpoint import CheckpointError, is_sharded_checkpoint, read_state
+from trainers.checkpoint_files import CheckpointError, is_sharded_checkpoint, read_state
 from trainers.local import run_distributed, run_in_process
-from trainers.parallel import ParallelConfig, build_model, precision_plan
+from trainers.parallel import build_model, precision_plan
+from trainers.parallel_config import ParallelConfig
 
 KNOBS = {"max_lr": 3e-3, "warmup_frac": 0.1, "replay_ratio": 0.25, "schedule": "cosine"}
 # FSDP and DDP run the same arithmetic in another reduction order: measured differences are
@@ -170,7 +171,8 @@ def test_evaluation_in_chunks_equals_the_full_logits(toy_world, resolved_small, 
 
     from trainers.data import load_blocks
     from trainers.evaluation import validation_loss
-    from trainers.tasks import batch_log_likelihoods, tokenize_task
+    from trainers.task_data import tokenize_task
+    from trainers.tasks import batch_log_likelihoods
     from trainers.toy_tasks import toy_task_examples
     from trainers.toyworld import ToyWorldConfig
 

@@ -74,7 +74,7 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
     Ray Train's run dir (reported without an upload), an exact resume through Ray, and a base
     reference measured on a worker group like the trials'."""
     from tests.test_parallel import FSDP_VS_DDP_TOLERANCE
-    from trainers.checkpoint import is_sharded_checkpoint
+    from trainers.checkpoint_files import is_sharded_checkpoint
     from trainers.run_dir import list_checkpoints
 
     import dataclasses

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from sweeps.config.resolve import trial_config
 from tests.conftest import small_spec
-from trainers.checkpoint import CheckpointError, read_state, verify_checkpoint
+from trainers.checkpoint_files import CheckpointError, read_state, verify_checkpoint
 from trainers.local import run_in_process
 
 KNOBS = {"max_lr": 3e-3, "warmup_frac": 0.1, "replay_ratio": 0.25, "schedule": "cosine"}
@@ -121,7 +121,7 @@ def test_checkpoint_write_is_atomic(resolved_small, tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "save_file", crash)  # fail mid-write, after the directory exists
     target = tmp_path / "new" / "checkpoint"
     with pytest.raises(OSError):
-        from trainers.checkpoint import TrainState
+        from trainers.checkpoint_files import TrainState
         ck.save_checkpoint(target, torch.nn.Linear(2, 2), torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()),
                            TrainState(step=1, tokens_seen=1, replay={}), [])
     assert not target.exists()  # only a .partial directory, never the final name

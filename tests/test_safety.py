@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sweeps.config.loading import SpecError, load_spec
-from trainers.checkpoint import MANIFEST, CheckpointError, TrainState, _sha256, load_checkpoint, save_checkpoint
+from trainers.checkpoint import load_checkpoint, save_checkpoint
+from trainers.checkpoint_files import MANIFEST, CheckpointError, TrainState, sha256
 from trainers.replay import ReplayState
 
 
@@ -46,7 +47,7 @@ def test_checkpoint_with_a_code_carrying_pickle_is_refused_without_running_it(tm
     with open(ckpt / "optimizer.pt", "wb") as fh:
         pickle.dump(_Payload(marker), fh)
     manifest = json.loads((ckpt / MANIFEST).read_text())
-    manifest["optimizer.pt"] = {"sha256": _sha256(ckpt / "optimizer.pt"), "bytes": (ckpt / "optimizer.pt").stat().st_size}
+    manifest["optimizer.pt"] = {"sha256": sha256(ckpt / "optimizer.pt"), "bytes": (ckpt / "optimizer.pt").stat().st_size}
     (ckpt / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_checkpoint(ckpt, torch.nn.Linear(4, 4), torch.optim.AdamW(model.parameters()), 0, torch.device("cpu"))

@@ -9,7 +9,7 @@ import pytest
 
 from sweeps.config.resolve import resolve, trial_config
 from tests.conftest import small_spec
-from trainers.checkpoint import read_state
+from trainers.checkpoint_files import read_state
 from trainers.data import DataError, DataSource, prepare_domain
 from trainers.local import run_distributed, run_in_process
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainers.tasks import (TaskError, TaskExample, TokenizedTask, choice_log_likelihoods, evaluate_task,
-                            example_metrics, load_task_jsonl, tokenize_task)
+from trainers.task_data import TaskError, TaskExample, TokenizedTask, load_task_jsonl, tokenize_task
+from trainers.tasks import choice_log_likelihoods, evaluate_task, example_metrics
 
 # A fixed bigram "language model" over 3 tokens: logits of the next token depend only on the
 # current one. Row = current token, column = next token.

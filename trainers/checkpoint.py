@@ -12,12 +12,12 @@ Layout of a checkpoint directory:
 A checkpoint without a manifest, or whose files do not match it, is incomplete or
 corrupt and is refused with `CheckpointError` naming the file. Each file is hashed once:
 by the rank that wrote it when saving, and by one rank (files dealt round-robin) when a
-run resumes, the ranks agreeing on the verdict.
+run resumes, the ranks agreeing on the verdict. The layout and the verification, which need
+no torch, are trainers/checkpoint_files.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,39 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
 from trainers import distributed as dist_utils
-from trainers.errors import UserError
+from trainers.checkpoint_files import (CHECKPOINT_FILES, SHARDED_DIR, SHARDED_FILES, CheckpointError, TrainState,
+                                       checkpoint_candidates, file_entry, finish, is_sharded_checkpoint,
+                                       verify_checkpoint)
 from trainers.parallel import bare, is_sharded
-from trainers.replay import ReplayState
-from trainers.run_dir import BEST_MODEL_DIR, PARTIAL_SUFFIX, list_checkpoints
-
-MANIFEST = "MANIFEST.json"
-_FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
-SHARDED_DIR = "sharded"
-_SHARDED_FILES = (f"{SHARDED_DIR}/.metadata", "rng.pt", "state.json")  # plus one shard file per rank
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be resumed from (corrupt, incomplete, another run's); names the directory."""
-
-
-class TrainState(BaseModel):
-    """Everything besides tensors needed to continue a run where it stopped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    step: int  # optimizer steps completed; the next step to run has this index
-    tokens_seen: int
-    replay: ReplayState
-    first_loss: float | None = None  # divergence detection compares against this
-    loss_ema: float | None = None
-    best_objective: float | None = None
-    config_fingerprint: str = ""  # a checkpoint only resumes the run configuration that wrote it
-    world_size: int | None = None  # workers that wrote it (None: before this was recorded)
-    stream_positions: list[dict] = []  # per rank: where each streamed domain's next block starts
+from trainers.run_dir import PARTIAL_SUFFIX
 
 
 def capture_rng() -> dict:
@@ -91,10 +66,6 @@ def _python_rng_from_tensor(d):
     return d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"]
 
 
-def _entry(path: Path) -> dict:
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
-
-
 def _partial(directory: Path) -> Path:
     """Where a checkpoint is written before its rename."""
     return directory.with_name(directory.name + PARTIAL_SUFFIX)
@@ -108,15 +79,6 @@ def _fresh_partial(directory: Path) -> Path:
     return tmp
 
 
-def _finish(tmp: Path, directory: Path, manifest: dict) -> Path:
-    """Manifest last, then the rename: a directory without `.partial` is complete."""
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-    return directory
-
-
 def save_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_per_rank: list[dict]) -> Path:
     """Write a whole-model checkpoint into `directory` atomically (temp dir + rename, manifest
     last). Called by rank 0 only (DDP ranks hold identical weights)."""
@@ -128,7 +90,7 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_pe
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_per_rank, tmp / "rng.pt")
     (tmp / "state.json").write_text(state.model_dump_json(indent=2))
-    return _finish(tmp, directory, {name: _entry(tmp / name) for name in _FILES})
+    return finish(tmp, directory, {name: file_entry(tmp / name) for name in CHECKPOINT_FILES})
 
 
 def save_sharded_checkpoint(directory: Path, model, optimizer, state: TrainState, rng_per_rank: list[dict]) -> Path:
@@ -147,20 +109,16 @@ def save_sharded_checkpoint(directory: Path, model, optimizer, state: TrainState
     dist.barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARDED_DIR))
-    mine = {f"{SHARDED_DIR}/{p.name}": _entry(p) for p in sorted((tmp / SHARDED_DIR).glob(f"__{rank}_*"))}
+    mine = {f"{SHARDED_DIR}/{p.name}": file_entry(p) for p in sorted((tmp / SHARDED_DIR).glob(f"__{rank}_*"))}
     manifest = {k: v for part in dist_utils.gather_objects(mine) for k, v in part.items()}
     if rank == 0:
         torch.save(rng_per_rank, tmp / "rng.pt")
         (tmp / "state.json").write_text(state.model_dump_json(indent=2))
-        for name in _SHARDED_FILES:
-            manifest[name] = _entry(tmp / name)
-        _finish(tmp, directory, manifest)
+        for name in SHARDED_FILES:
+            manifest[name] = file_entry(tmp / name)
+        finish(tmp, directory, manifest)
     dist.barrier()  # nobody goes on (or reports the checkpoint) before it is complete
     return directory
-
-
-def is_sharded_checkpoint(directory: Path) -> bool:
-    return (Path(directory) / SHARDED_DIR).is_dir()
 
 
 def scratch_checkpoint_dir() -> Path:
@@ -168,51 +126,17 @@ def scratch_checkpoint_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="rewarm-ckpt-")) / "checkpoint"
 
 
-def verify_checkpoint(directory: Path, quick: bool = False, share: tuple[int, int] = (0, 1)) -> None:
-    """Raise CheckpointError unless every file is there with its manifest's size and checksum.
-    `quick` checks sizes only: what the sweep driver does before linking a checkpoint (hashing
-    a 7B model's 100 GB in the driver would stall every trial's events for minutes); a resume
-    always checks the checksums. `share` = (rank, world): this rank hashes every world-th file
-    (sizes are checked for all), so a resume hashes each file once over the ranks."""
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.exists():
-        raise CheckpointError(f"checkpoint {directory}: no {MANIFEST} (incomplete write or not a Rewarm checkpoint)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is corrupt ({exc})") from exc
-    required = _SHARDED_FILES if is_sharded_checkpoint(directory) else _FILES
-    for name in required:
-        if name not in manifest:
-            raise CheckpointError(f"checkpoint {directory}: missing {name}")
-    rank, world = share
-    for i, name in enumerate(sorted(manifest)):
-        path = directory / name
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {directory}: missing {name}")
-        hash_it = not quick and i % world == rank
-        if path.stat().st_size != manifest[name]["bytes"] or (hash_it and _sha256(path) != manifest[name]["sha256"]):
-            raise CheckpointError(f"checkpoint {directory}: {name} is corrupt or truncated (checksum mismatch)")
-
-
 def newest_good_checkpoint(latest: Path | None, run_dir: Path | None,
                            quick: bool = False) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that verifies (`latest` first, then the run dir's, newest first),
     and why each newer one was refused. (None, [...]) when none verifies. `quick`: see
-    verify_checkpoint. Under torch.distributed every rank must call it (they share the hashing)."""
-    candidates = [Path(latest)] if latest else []
-    if run_dir is not None and run_dir.exists():
-        # Ray names checkpoint directories by time, so names sort by age.
-        candidates += list_checkpoints(run_dir)[::-1]
+    verify_checkpoint. Under torch.distributed every rank must call it (they share the hashing);
+    the sweep driver, which is no rank, uses checkpoint_files.linkable_artifacts."""
     # Every rank judges rank 0's list: listings of shared storage can differ between nodes for a
     # moment (an NFS cache after a crash), and ranks must pick the same checkpoint.
-    candidates = dist_utils.gather_objects(candidates)[0]
-    errors, seen = [], set()
+    candidates = dist_utils.gather_objects(checkpoint_candidates(latest, run_dir))[0]
+    errors = []
     for candidate in candidates:
-        if candidate.resolve() in seen:
-            continue
-        seen.add(candidate.resolve())
         error = None
         try:
             verify_checkpoint(candidate, quick=quick, share=dist_utils.rank_and_world())
@@ -225,22 +149,6 @@ def newest_good_checkpoint(latest: Path | None, run_dir: Path | None,
             continue
         return candidate, errors
     return None, errors
-
-
-def linkable_artifacts(run_dir: Path, latest: Path | None = None) -> tuple[dict[str, Path], list[str]]:
-    """What MLflow may link of an ended run: {"final": its newest checkpoint that passes the quick
-    check, "best": its best model}, where they exist, and why newer checkpoints were passed over.
-
-    A stop while the newest checkpoint was being copied leaves it partial; MLflow must link one
-    that loads, so a checkpoint that fails its manifest is passed over.
-    """
-    artifacts = {}
-    final, refused = newest_good_checkpoint(latest, run_dir, quick=True)
-    if final is not None:
-        artifacts["final"] = final
-    if (run_dir / BEST_MODEL_DIR).exists():
-        artifacts["best"] = run_dir / BEST_MODEL_DIR
-    return artifacts, refused
 
 
 def load_checkpoint(directory: Path, model, optimizer, rank: int, device: torch.device,
@@ -291,16 +199,3 @@ def _load_tensors(path: Path, device) -> object:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path.parent}: {path.name} holds more than tensors; refusing to "
                               f"unpickle it ({first[:160]})") from None
-
-
-def read_state(directory: Path) -> TrainState:
-    verify_checkpoint(directory)
-    return TrainState.model_validate_json((Path(directory) / "state.json").read_text())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainers.data import PreparedDomain
 from trainers.objective import BaseReference, ObjectiveConfig
-from trainers.parallel import Init, ParallelConfig
-from trainers.tasks import TokenizedTask
+from trainers.parallel_config import Init, ParallelConfig
+from trainers.task_data import TokenizedTask
 from trainers.schedules import ScheduleConfig
 
 

@@ -8,6 +8,11 @@
   Models whose loading also merges or splits tensors get None.
 - `init_non_persistent_buffers`: buffers in no state dict (rotary frequencies), computed by
   the model's own `_init_weights` on the modules that own them.
+- `read_model_config` / `max_positions`: a model's config.json and its longest sequence, read
+  without transformers: the sweep driver checks `data.seq_len` before any trial, and importing
+  transformers to do it (its lazy module table is built on import) costs ~1.1 s a command.
+
+torch is imported where it is used: the driver imports this module and never needs torch.
 """
 
 from __future__ import annotations
@@ -15,11 +20,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+# Where configs keep their longest sequence: transformers' own name, then the name GPT-2-style
+# configs store it under (their `attribute_map` maps `max_position_embeddings` to it).
+MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions")
+
+
+def read_model_config(model_path: str) -> dict:
+    """config.json of a model directory or hub repo (the hub's cache first, as transformers
+    reads it; no download where HF_HUB_OFFLINE is set). Raises OSError when it cannot."""
+    local = Path(model_path) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    if Path(model_path).exists():
+        raise OSError(f"{model_path} has no config.json")
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(model_path, "config.json")).read_text())
+
+
+def max_positions(config: dict) -> int | None:
+    """The model's longest sequence per its config, or None where it names none (ALiBi models)."""
+    for key in MAX_POSITION_KEYS:
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
 
 
 def checkpoint_key_map(model) -> dict[str, str] | None:
     """{model state-dict key: checkpoint key} when loading renames keys only, else None."""
+    import torch
     from transformers.core_model_loading import revert_weight_conversion
 
     keys = list(model.state_dict().keys())

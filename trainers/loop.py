@@ -23,8 +23,8 @@ import torch
 
 from trainers import distributed as dist_utils
 from trainers import system_metrics
-from trainers.checkpoint import (CheckpointError, TrainState, capture_rng, load_checkpoint, save_checkpoint,
-                                 save_sharded_checkpoint)
+from trainers.checkpoint import capture_rng, load_checkpoint, save_checkpoint, save_sharded_checkpoint
+from trainers.checkpoint_files import CheckpointError, TrainState
 from trainers.config import TrialConfig
 from trainers.data import load_blocks
 from trainers.evaluation import autocast, validation_loss

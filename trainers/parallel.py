@@ -20,29 +20,15 @@ the storage dtype of what is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from trainers import distributed as dist_utils
 from trainers import hf_compat
 from trainers.errors import UserError
+from trainers.parallel_config import Init, ParallelConfig, Precision
 
-Strategy = Literal["ddp", "fsdp"]
-Init = Literal["pretrained", "random"]
-Precision = Literal["auto", "fp32", "bf16-mixed", "bf16-pure"]
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class ParallelConfig(BaseModel):
-    """How a trial's workers hold and compute its model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    strategy: Strategy = Field("ddp", description="ddp: every worker holds the whole model; fsdp: weights, gradients and optimizer states sharded over the workers (FSDP2).")
-    precision: Precision = Field("auto", description="auto: bf16-mixed on GPU, fp32 on CPU; fp32; bf16-mixed: bf16 compute, fp32 master weights and gradient reduction; bf16-pure: bf16 weights and optimizer states (drops small updates; only by name).")
-    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward (less memory, ~30% more compute).")
 
 
 @dataclass(frozen=True)

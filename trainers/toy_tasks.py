@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainers.tasks import TaskError, TaskExample
+from trainers.task_data import TaskError, TaskExample
 from trainers.toyworld import ToyWorldConfig, build_languages
 
 TOY_TASKS = ("next_word", "successor_rank")

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from trainers import ray_compat
-from trainers.checkpoint import CheckpointError, newest_good_checkpoint
+from trainers.checkpoint import newest_good_checkpoint
+from trainers.checkpoint_files import CheckpointError
 from trainers.config import TrialConfig
 from trainers.loop import Trainer, load_model
 from trainers.objective import BaseReference

@@ -80,17 +80,16 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print, measure_b
 
 def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
     """Load (or generate, for toy tasks) and tokenize every task of the spec."""
-    from transformers import AutoTokenizer
-
-    from trainers.tasks import TaskError, load_task_jsonl, tokenize_task
-    from trainers.toy_tasks import toy_task_examples
-
     if not spec.tasks:
         return []
-    from transformers import AutoConfig
+    from transformers import AutoTokenizer
+
+    from trainers import hf_compat
+    from trainers.task_data import TaskError, load_task_jsonl, tokenize_task
+    from trainers.toy_tasks import toy_task_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    max_len = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    max_len = hf_compat.max_positions(hf_compat.read_model_config(model_path))
     out = []
     for i, task in enumerate(spec.tasks):
         try:
@@ -109,14 +108,14 @@ def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
 
 
 def _check_seq_len(model_path: str, seq_len: int) -> None:
-    from transformers import AutoConfig
+    from trainers import hf_compat
 
     try:
-        config = AutoConfig.from_pretrained(model_path)
-    except Exception as exc:  # hub/IO errors vary by cause; report the cause
+        config = hf_compat.read_model_config(model_path)
+    except Exception as exc:  # hub/IO/JSON errors vary by cause; report the cause
         raise ResolveError(f"model.name_or_path: cannot load {model_path!r} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    limit = getattr(config, "max_position_embeddings", None)
+    limit = hf_compat.max_positions(config)
     if limit is not None and seq_len > limit:
         raise ResolveError(f"data.seq_len: {seq_len} exceeds the model's maximum sequence length ({limit})")
 

@@ -31,7 +31,7 @@ from sweeps.tracking.study import study_storage_url
 from trainers.config import OptimizerConfig
 from trainers.data import DataSource
 from trainers.objective import ObjectiveConfig
-from trainers.parallel import ParallelConfig
+from trainers.parallel_config import ParallelConfig
 from trainers.schedules import ScheduleShape
 from trainers.toyworld import TOY, TOY_DATA_PREFIX, ToyWorldConfig
 

@@ -22,7 +22,7 @@ from sweeps.tracking.store import is_outage
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
 from trainers.run_dir import BEST_MODEL_DIR, DECISIONS_FILE, CurveLog, list_checkpoints
-from trainers.checkpoint import linkable_artifacts
+from trainers.checkpoint_files import linkable_artifacts
 
 
 def stop_tags(decisions_file: Path) -> dict[str, str]:
@@ -184,7 +184,7 @@ class SweepCallback(Callback):
         self.sync.adopt_closed(self.summaries())
 
     def _artifacts(self, trial_id: str) -> dict[str, Path]:
-        """The trial's final checkpoint and best model for MLflow (checkpoint.linkable_artifacts)."""
+        """The trial's final checkpoint and best model for MLflow (checkpoint_files.linkable_artifacts)."""
         artifacts, refused = linkable_artifacts(self.trials_root / trial_id, self._checkpoints.get(trial_id))
         for reason in refused:
             self.log(f"[rewarm] trial {trial_id}: not linking {reason}")

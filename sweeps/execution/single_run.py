@@ -29,7 +29,7 @@ from sweeps.tracking.statuses import TrialStatus, trial_status
 from sweeps.tracking.store import check_reachable
 from sweeps.tracking.tracker import Tracker
 from sweeps.tracking.trial_sync import TrialSync
-from trainers.checkpoint import linkable_artifacts
+from trainers.checkpoint_files import linkable_artifacts
 from trainers.report_point import RunStatus
 from trainers.run_dir import ATTEMPTS_FILE, CURVES_FILE, REPORTS_FILE, SUMMARY_FILE, CurveLog, read_jsonl
 

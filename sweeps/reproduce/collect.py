@@ -12,7 +12,7 @@ from sweeps.tracking.mlflow_compat import metric_histories
 from sweeps.tracking.records import load_sweep
 from sweeps.tracking.tracker import EVAL_PREFIX, STEP_METRICS
 from trainers.report_point import TASK_PREFIX
-from trainers.tasks import TASK_METRICS
+from trainers.task_data import TASK_METRICS
 
 L_UP, L_DOWN, LOSS = f"{EVAL_PREFIX}L_up", f"{EVAL_PREFIX}L_down", STEP_METRICS["loss"]
 

@@ -23,7 +23,7 @@ from sweeps.tracking.tracker import BASE_PREFIX, EVAL_PREFIX, SWEEP_TAG
 from trainers.errors import UserError
 from trainers.objective import BaseReference
 from trainers.report_point import TASK_PREFIX
-from trainers.tasks import TASK_METRICS
+from trainers.task_data import TASK_METRICS
 
 ANALYSIS_FILE = "analysis.json"
 
