@@ -20,23 +20,33 @@ STEPS = {1: 96, 2: 160}
 OUTAGE_S = 4
 
 
-def _trial_runs(uri):
+def _trial_runs(uri, experiment: str):
     client = MlflowClient(uri)
-    exps = client.search_experiments()
-    return client.search_runs([e.experiment_id for e in exps], filter_string="tags.`rewarm.kind` = 'trial'") if exps else []
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string="tags.`rewarm.kind` = 'trial'") if exp else []
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, empty_mlflow_store):
+    """One server for both kinds of trial (a start costs ~8 s on 2 cores); each test takes it
+    down and brings it back, and finds it up (started again if a failed test left it down)."""
+    server = MlflowServer(tmp_path_factory.mktemp("outage_server"), empty_store=empty_mlflow_store)
+    yield server
+    server.stop()
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
-def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, cluster_env, workers,
-                                               empty_mlflow_store):
-    server = MlflowServer(tmp_path, empty_store=empty_mlflow_store).start()
+def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, cluster_env, workers, server):
+    if server.proc is None:
+        server.start()
+    experiment = f"outage-{workers}"
     spec = small_spec(tmp_path, name="outage", search_space={"name": "default", "params": {}},
                       budget={"num_trials": TRIALS[workers], "max_concurrent": 1, "tokens_per_trial": 512 * STEPS[workers]},
                       resources={"workers_per_trial": workers, "cpus_per_worker": 1},
                       scheduler={"kind": "none"},
                       # Every report point goes to MLflow at once, so the outage starts mid-trial and
                       # every write path (steps, reports, trial end) meets the dead server.
-                      tracking={"uri": server.uri, "experiment": "outage", "log_interval_s": 0})
+                      tracking={"uri": server.uri, "experiment": experiment, "log_interval_s": 0})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     log = open(tmp_path / "sweep.log", "w")
     proc = subprocess.Popen([rewarm_bin, "sweep", str(tmp_path / "s.yaml")], cwd=tmp_path, env=cluster_env,
@@ -44,7 +54,7 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
-            runs = _trial_runs(server.uri)
+            runs = _trial_runs(server.uri, experiment)
             if runs and MlflowClient(server.uri).get_metric_history(runs[0].info.run_id, "train/loss"):
                 break  # the first trial is training and logging
             assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
@@ -63,7 +73,7 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
         assert proc.returncode == 0, output[-3000:]
         assert "MLflow unavailable" in output and "Traceback" not in output
         # Read back from the same server process (it was restarted after the outage).
-        runs = _trial_runs(server.uri)
+        runs = _trial_runs(server.uri, experiment)
         assert len(runs) == TRIALS[workers]
         client = MlflowClient(server.uri)
         for r in runs:
@@ -76,4 +86,3 @@ def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, 
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.stop()
