@@ -35,6 +35,8 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 90) -> "MlflowServer":
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+        if getattr(self, "log", None) is not None:
+            self.log.close()
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(
             [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",

@@ -123,11 +123,12 @@ def test_every_sub_package_says_what_it_owns_and_may_import():
         assert "Owns:" in doc and "May import:" in doc, f"{init.relative_to(REPO)} lacks its Owns/May import docstring"
 
 
-def test_a_sweep_drivers_imports_leave_out_what_only_some_sweeps_need(toy_world):
+def test_a_sweep_drivers_imports_leave_out_what_only_some_sweeps_need(resolved_small):
     """What a `rewarm sweep` does before its first trial (imports, resolving a spec) imports no
     torch, transformers or scipy: the driver builds no model (trainers' configs and checkpoint
     checks live apart from their torch code; the seq-len check reads config.json) and computes
-    no forecast. Each would cost every command ~0.7-1.3 s on 2 cores."""
+    no forecast. Each would cost every command ~0.7-1.3 s on 2 cores. (`resolved_small` has
+    prepared the spec's data and measured its base reference, as a sweep finds them cached.)"""
     import subprocess
     import sys
 

@@ -31,11 +31,23 @@ def test_non_persistent_buffers_are_recomputed_by_the_models_own_init(toy_world)
 def test_max_positions_from_config_json_is_what_transformers_reads(toy_world, tmp_path):
     """The driver reads a model's longest sequence from config.json without transformers; it
     must be the value transformers' config gives, for configs that name it either way."""
+    import json
+
+    import pytest
     from transformers import GPT2Config, LlamaConfig
 
-    assert hf_compat.max_positions(hf_compat.read_model_config(str(toy_world.model))) == \
-        AutoConfig.from_pretrained(toy_world.model).max_position_embeddings
+    toy = str(toy_world.model)
+    assert hf_compat.max_positions(toy, hf_compat.read_model_config(toy)) == \
+        AutoConfig.from_pretrained(toy).max_position_embeddings
     for config in (GPT2Config(n_positions=321), LlamaConfig(max_position_embeddings=654)):
         config.save_pretrained(tmp_path / config.model_type)
-        raw = hf_compat.read_model_config(str(tmp_path / config.model_type))
-        assert hf_compat.max_positions(raw) == config.max_position_embeddings, config.model_type
+        path = str(tmp_path / config.model_type)
+        assert hf_compat.max_positions(path, hf_compat.read_model_config(path)) == config.max_position_embeddings
+    # A hand-written config.json that leaves the length out: transformers' default for the class.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    assert hf_compat.max_positions(str(bare), hf_compat.read_model_config(str(bare))) == \
+        AutoConfig.from_pretrained(bare).max_position_embeddings == 2048
+    with pytest.raises(OSError, match="no such directory"):
+        hf_compat.read_model_config(str(tmp_path / "missing"))

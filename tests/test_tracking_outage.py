@@ -37,7 +37,7 @@ def server(tmp_path_factory, empty_mlflow_store):
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-train"])
 def test_server_outage_mid_sweep_loses_nothing(toy_world, tmp_path, rewarm_bin, cluster_env, workers, server):
-    if server.proc is None:
+    if server.proc is None or server.proc.poll() is not None:
         server.start()
     experiment = f"outage-{workers}"
     spec = small_spec(tmp_path, name="outage", search_space={"name": "default", "params": {}},

@@ -18,8 +18,6 @@ no torch, are trainers/checkpoint_files.py.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
 import tempfile

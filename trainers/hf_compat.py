@@ -9,8 +9,10 @@
 - `init_non_persistent_buffers`: buffers in no state dict (rotary frequencies), computed by
   the model's own `_init_weights` on the modules that own them.
 - `read_model_config` / `max_positions`: a model's config.json and its longest sequence, read
-  without transformers: the sweep driver checks `data.seq_len` before any trial, and importing
-  transformers to do it (its lazy module table is built on import) costs ~1.1 s a command.
+  without transformers where config.json names it (`MAX_POSITION_KEYS`; otherwise the config
+  class's default, through transformers): the sweep driver checks `data.seq_len` before any
+  trial, and importing transformers to do it (its lazy module table is built on import)
+  costs ~1.1 s a command.
 
 torch is imported where it is used: the driver imports this module and never needs torch.
 """
@@ -27,23 +29,43 @@ MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions")
 
 def read_model_config(model_path: str) -> dict:
     """config.json of a model directory or hub repo (the hub's cache first, as transformers
-    reads it; no download where HF_HUB_OFFLINE is set). Raises OSError when it cannot."""
+    reads it; no download where HF_HUB_OFFLINE is set). Raises OSError saying why it cannot."""
     local = Path(model_path) / "config.json"
     if local.is_file():
         return json.loads(local.read_text())
     if Path(model_path).exists():
         raise OSError(f"{model_path} has no config.json")
+    if model_path.startswith(("/", ".", "~")):
+        raise OSError(f"no such directory {model_path}")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
 
-    return json.loads(Path(hf_hub_download(model_path, "config.json")).read_text())
+    # huggingface_hub's own messages put the cause after a first line of HTTP status and
+    # request id; the one line Rewarm prints must name it.
+    try:
+        path = hf_hub_download(model_path, "config.json")
+    except GatedRepoError:
+        raise OSError("the model is gated on the hub: accept its terms there and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise OSError("no such model on the hub (or it is private: set HF_TOKEN)") from None
+    except EntryNotFoundError:
+        raise OSError("the hub repo has no config.json") from None
+    except LocalEntryNotFoundError:
+        raise OSError("not in the local hub cache, and the hub cannot be reached (offline?)") from None
+    return json.loads(Path(path).read_text())
 
 
-def max_positions(config: dict) -> int | None:
-    """The model's longest sequence per its config, or None where it names none (ALiBi models)."""
+def max_positions(model_path: str, config: dict) -> int | None:
+    """The model's longest sequence, or None where it has none (ALiBi models). From config.json
+    where it names it; otherwise transformers' default for the model's config class (a
+    hand-written config.json may leave it out), which costs the transformers import."""
     for key in MAX_POSITION_KEYS:
         if isinstance(config.get(key), int):
             return config[key]
-    return None
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
 
 
 def checkpoint_key_map(model) -> dict[str, str] | None:

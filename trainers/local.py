@@ -81,7 +81,11 @@ RANK_PRELOAD = ["trainers.local", "trainers.worker", "transformers.modeling_util
 
 def start_ranks(fn, world: int, args: tuple) -> None:
     """Run `fn(rank, world, *args)` on `world` local processes and wait for them all (an error
-    in any rank is raised here). `fn` must be importable by name (a module-level function)."""
+    in any rank is raised here). `fn` must be importable by name (a module-level function).
+
+    Ranks get this process's working directory and sys.path, but the environment the
+    forkserver had when the first call started it: what a rank needs from the caller goes
+    in `args` (as the rendezvous port does), not in os.environ."""
     import multiprocessing
 
     import torch.multiprocessing as mp

@@ -77,7 +77,6 @@ def example_metrics(scores: list[float], answer: int) -> dict[str, float]:
             "brier": float(((p - target) ** 2).sum())}
 
 
-
 @torch.no_grad()
 def evaluate_task(model, task: TokenizedTask, device: torch.device, length_normalized: bool = False,
                   compute_dtype: torch.dtype | None = None, batch_examples: int = 8) -> dict[str, float]:

@@ -89,7 +89,7 @@ def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
     from trainers.toy_tasks import toy_task_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    max_len = hf_compat.max_positions(hf_compat.read_model_config(model_path))
+    max_len = hf_compat.max_positions(model_path, hf_compat.read_model_config(model_path))
     out = []
     for i, task in enumerate(spec.tasks):
         try:
@@ -115,7 +115,7 @@ def _check_seq_len(model_path: str, seq_len: int) -> None:
     except Exception as exc:  # hub/IO/JSON errors vary by cause; report the cause
         raise ResolveError(f"model.name_or_path: cannot load {model_path!r} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    limit = hf_compat.max_positions(config)
+    limit = hf_compat.max_positions(model_path, config)
     if limit is not None and seq_len > limit:
         raise ResolveError(f"data.seq_len: {seq_len} exceeds the model's maximum sequence length ({limit})")
 

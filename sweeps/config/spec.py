@@ -161,7 +161,7 @@ class SchedulerSpec(StopRuleSettings):
 
 class ResourcesSpec(ParallelConfig):
     """What each trial gets, and how its workers hold the model (strategy, precision: the
-    fields of trainers/parallel.py's ParallelConfig, declared there)."""
+    fields of trainers/parallel_config.py's ParallelConfig, declared there)."""
 
     model_config = ConfigDict(extra="forbid", frozen=False)
 
