@@ -28,6 +28,7 @@ class MlflowServer:
 
             shutil.copyfile(empty_store, root / "server.db")
         self.proc: subprocess.Popen | None = None
+        self.log = None  # the server's log file, reopened (appending) at each start
 
     @property
     def uri(self) -> str:
@@ -35,7 +36,7 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 90) -> "MlflowServer":
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-        if getattr(self, "log", None) is not None:
+        if self.log is not None:
             self.log.close()
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(

@@ -37,17 +37,17 @@ def test_max_positions_from_config_json_is_what_transformers_reads(toy_world, tm
     from transformers import GPT2Config, LlamaConfig
 
     toy = str(toy_world.model)
-    assert hf_compat.max_positions(toy, hf_compat.read_model_config(toy)) == \
+    assert hf_compat.max_positions(toy) == \
         AutoConfig.from_pretrained(toy).max_position_embeddings
     for config in (GPT2Config(n_positions=321), LlamaConfig(max_position_embeddings=654)):
         config.save_pretrained(tmp_path / config.model_type)
         path = str(tmp_path / config.model_type)
-        assert hf_compat.max_positions(path, hf_compat.read_model_config(path)) == config.max_position_embeddings
+        assert hf_compat.max_positions(path) == config.max_position_embeddings
     # A hand-written config.json that leaves the length out: transformers' default for the class.
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    assert hf_compat.max_positions(str(bare), hf_compat.read_model_config(str(bare))) == \
+    assert hf_compat.max_positions(str(bare)) == \
         AutoConfig.from_pretrained(bare).max_position_embeddings == 2048
     with pytest.raises(OSError, match="no such directory"):
         hf_compat.read_model_config(str(tmp_path / "missing"))

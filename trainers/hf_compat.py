@@ -56,10 +56,12 @@ def read_model_config(model_path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def max_positions(model_path: str, config: dict) -> int | None:
+def max_positions(model_path: str) -> int | None:
     """The model's longest sequence, or None where it has none (ALiBi models). From config.json
     where it names it; otherwise transformers' default for the model's config class (a
-    hand-written config.json may leave it out), which costs the transformers import."""
+    hand-written config.json may leave it out), which costs the transformers import. Raises
+    OSError (read_model_config) when there is no config to read."""
+    config = read_model_config(model_path)
     for key in MAX_POSITION_KEYS:
         if isinstance(config.get(key), int):
             return config[key]

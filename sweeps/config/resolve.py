@@ -46,7 +46,7 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print, measure_b
         toy = ensure_toy_world(spec.toy_world, cache_dir, log=log)
     model_path = str(toy.model) if spec.uses_toy_model else spec.model.name_or_path
     tokenizer_path = spec.model.tokenizer or (str(toy.tokenizer) if spec.uses_toy_model else model_path)
-    _check_seq_len(model_path, spec.data.seq_len)
+    max_len = _checked_max_positions(model_path, spec.data.seq_len)
 
     def source(field: str) -> DataSource:
         src: DataSource = getattr(spec.data, field)
@@ -64,7 +64,7 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print, measure_b
                                              spec.data.val_fraction, spec.data.val_sequences, cache_dir)
         except DataError as exc:
             raise ResolveError(f"data.{field}: {exc}") from None
-    tasks = build_tasks(spec, tokenizer_path, model_path)
+    tasks = build_tasks(spec, tokenizer_path, max_len)
     unmeasured = ResolvedSweep(spec, model_path, tokenizer_path, prepared["upstream"], prepared["downstream"], None,
                                tuple(tasks))
     key = base_reference_key(unmeasured)
@@ -78,18 +78,17 @@ def resolve(spec: SweepSpec, cache_dir: Path | None = None, log=print, measure_b
     return dataclasses.replace(unmeasured, base_reference=base)
 
 
-def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
-    """Load (or generate, for toy tasks) and tokenize every task of the spec."""
+def build_tasks(spec: SweepSpec, tokenizer_path: str, max_len: int | None) -> list:
+    """Load (or generate, for toy tasks) and tokenize every task of the spec; prompts keep at
+    most the model's `max_len` positions with their longest choice."""
     if not spec.tasks:
         return []
     from transformers import AutoTokenizer
 
-    from trainers import hf_compat
     from trainers.task_data import TaskError, load_task_jsonl, tokenize_task
     from trainers.toy_tasks import toy_task_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    max_len = hf_compat.max_positions(model_path, hf_compat.read_model_config(model_path))
     out = []
     for i, task in enumerate(spec.tasks):
         try:
@@ -107,17 +106,18 @@ def build_tasks(spec: SweepSpec, tokenizer_path: str, model_path: str) -> list:
     return out
 
 
-def _check_seq_len(model_path: str, seq_len: int) -> None:
+def _checked_max_positions(model_path: str, seq_len: int) -> int | None:
+    """The model's longest sequence (None: unbounded), once `seq_len` is known to fit it."""
     from trainers import hf_compat
 
     try:
-        config = hf_compat.read_model_config(model_path)
+        limit = hf_compat.max_positions(model_path)
     except Exception as exc:  # hub/IO/JSON errors vary by cause; report the cause
         raise ResolveError(f"model.name_or_path: cannot load {model_path!r} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    limit = hf_compat.max_positions(model_path, config)
     if limit is not None and seq_len > limit:
         raise ResolveError(f"data.seq_len: {seq_len} exceeds the model's maximum sequence length ({limit})")
+    return limit
 
 
 def trial_device(spec: SweepSpec) -> str:
