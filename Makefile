@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install services test demo reproduce bench bench-sweep bench-scale bench-gpu clean
+.PHONY: install services test demo reproduce toyworld-weights bench bench-sweep bench-scale bench-gpu clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ demo: install
 # a rerun reuses finished sweeps). Output committed in benchmarks/results/reproduce.
 reproduce: install
 	$(BIN)/rewarm reproduce all --out benchmarks/results/reproduce
+
+# The toy world's base model, pre-trained afresh (~3 min on 2 cores) into trainers/toyworld_weights/,
+# which ships it; run after a change to ToyWorldConfig or the generator, then commit the folder.
+toyworld-weights: install
+	$(BIN)/python -m trainers.toyworld ship
 
 bench: install
 	$(BIN)/python -m benchmarks.trainer_bench

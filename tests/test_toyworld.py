@@ -4,11 +4,13 @@ the hub's own paths (AutoTokenizer, AutoModelForCausalLM, datasets)."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
 
-from trainers.toyworld import DOWNSTREAM, UPSTREAM, ToyWorldConfig, build_languages, ensure_toy_world
+from trainers.toyworld import (DOWNSTREAM, PROVENANCE_FILE, SHIPPED_WEIGHTS_DIR, UPSTREAM, ToyWorldConfig,
+                               build_languages, ensure_toy_world, ship_base_model)
 
 # A world small enough to build twice in seconds; every generator step still runs.
 TINY = ToyWorldConfig(vocab_words=40, topics=2, successors=3, documents=120, upstream_documents=120,
@@ -18,7 +20,15 @@ TINY = ToyWorldConfig(vocab_words=40, topics=2, successors=3, documents=120, ups
 
 def _digest(root) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "COMPLETE"}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("COMPLETE", PROVENANCE_FILE)}
+
+
+def _quiet(*_):
+    pass
+
+
+def _source(paths) -> str:
+    return json.loads((paths.root / PROVENANCE_FILE).read_text())["base_model"]
 
 
 def test_the_same_config_builds_the_same_world_byte_for_byte(tmp_path):
@@ -28,6 +38,37 @@ def test_the_same_config_builds_the_same_world_byte_for_byte(tmp_path):
     assert {"base_model/model.safetensors", "base_model/tokenizer.json", "data/upstream.jsonl",
             "data/downstream.jsonl"} <= set(da)
     assert da == db
+
+
+def test_the_default_worlds_shipped_weights_were_trained_on_the_corpus_and_tokenizer_it_generates(toy_world):
+    """The shipped base model belongs to today's generator: a change to the corpus or the
+    tokenizer without new weights fails here (`make toyworld-weights` makes them)."""
+    shipped = json.loads((SHIPPED_WEIGHTS_DIR / ToyWorldConfig().fingerprint() / PROVENANCE_FILE).read_text())
+    assert shipped["config"] == ToyWorldConfig().model_dump()
+    assert shipped["upstream_sha256"] == hashlib.sha256(toy_world.upstream.read_bytes()).hexdigest()
+    assert shipped["tokenizer_sha256"] == hashlib.sha256((toy_world.tokenizer / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def test_shipped_weights_are_used_only_over_the_corpus_and_tokenizer_they_were_trained_on(tmp_path):
+    pretrained = ensure_toy_world(TINY, tmp_path / "a", log=_quiet, shipped_weights=None)
+    assert _source(pretrained) == "pretrained"
+    weights = tmp_path / "weights"
+    ship_base_model(pretrained, TINY, weights)
+
+    logs: list[str] = []
+    installed = ensure_toy_world(TINY, tmp_path / "b", log=logs.append, shipped_weights=weights)
+    assert _source(installed) == "shipped" and not any("pre-training step" in line for line in logs)
+    assert _digest(installed.root) == _digest(pretrained.root)
+    with pytest.raises(ValueError, match="shipped weights"):
+        ship_base_model(installed, TINY, tmp_path / "again")  # only weights pre-trained by the build ship
+
+    provenance = weights / TINY.fingerprint() / PROVENANCE_FILE
+    provenance.write_text(json.dumps({**json.loads(provenance.read_text()), "tokenizer_sha256": "0" * 64}))
+    logs.clear()
+    rebuilt = ensure_toy_world(TINY, tmp_path / "c", log=logs.append, shipped_weights=weights)
+    assert _source(rebuilt) == "pretrained"
+    assert any("trained on another corpus or tokenizer" in line for line in logs)
+    assert any("pre-training step" in line for line in logs)
 
 
 def test_a_built_world_is_reused_and_any_field_change_is_a_new_entry(tmp_path):

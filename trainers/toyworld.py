@@ -19,6 +19,13 @@ trained long enough on a large upstream corpus (2000 steps on 12000 documents) t
 extra learning rate on its own data hurts, a downstream domain it is worse on by about
 a nat but better on than a uniform guess, and a domain that is learned over the whole
 budget rather than in the first few steps.
+
+The default world's base-model weights ship with the project (`toyworld_weights/`, made by
+`python -m trainers.toyworld ship`): pre-training them takes ~3 min on 2 cores, most of a
+fresh machine's first demo or test run, and CPU kernels differ between machines, so two
+machines pre-training the same config need not agree to the last bit. Shipped weights are
+used only where the corpus and tokenizer just generated are byte-identical to the ones they
+were pre-trained on; any other config, or a generator that drifted, pre-trains as before.
 """
 
 from __future__ import annotations
@@ -91,6 +98,14 @@ class ToyWorldConfig(BaseModel):
 # Bump when the generator changes in a way that alters its output.
 _GENERATOR_VERSION = "v3"
 
+# Pre-trained base-model weights shipped with the project, one folder per config fingerprint.
+SHIPPED_WEIGHTS_DIR = Path(__file__).with_name("toyworld_weights")
+# The model files `save_pretrained` writes: what a shipped folder holds besides its provenance.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+# In a shipped folder: the hashes of the corpus and tokenizer the weights were trained on.
+# In a built world's root: where its base model came from ("pretrained" or "shipped").
+PROVENANCE_FILE = "provenance.json"
+
 
 class ToyWorldPaths(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,12 +137,16 @@ def toy_world_paths(cfg: ToyWorldConfig, cache_dir: Path | None = None) -> ToyWo
     )
 
 
-def ensure_toy_world(cfg: ToyWorldConfig, cache_dir: Path | None = None, log=print) -> ToyWorldPaths:
+def ensure_toy_world(cfg: ToyWorldConfig, cache_dir: Path | None = None, log=print,
+                     shipped_weights: Path | None = SHIPPED_WEIGHTS_DIR) -> ToyWorldPaths:
     """Build the toy world into the cache on first use; afterwards just return its paths.
 
-    A file lock makes concurrent callers (parallel tests, sweep drivers) wait for one
-    builder; the build goes to a temporary directory renamed into place, so a killed
-    build never leaves a half-made world that looks complete.
+    The base model comes from `shipped_weights/<fingerprint>` where that folder was trained
+    on exactly the corpus and tokenizer just built, else it is pre-trained here
+    (`shipped_weights=None` always pre-trains). A file lock makes concurrent callers
+    (parallel tests, sweep drivers) wait for one builder; the build goes to a temporary
+    directory renamed into place, so a killed build never leaves a half-made world that
+    looks complete.
     """
     paths = toy_world_paths(cfg, cache_dir)
     done_marker = paths.root / "COMPLETE"
@@ -143,7 +162,10 @@ def ensure_toy_world(cfg: ToyWorldConfig, cache_dir: Path | None = None, log=pri
             t0 = time.time()
             _write_corpus(cfg, tmp_paths)
             _train_tokenizer(cfg, tmp_paths)
-            _pretrain_base_model(cfg, tmp_paths, log=log)
+            source = "shipped" if _install_shipped_weights(cfg, tmp_paths, shipped_weights, log) else "pretrained"
+            if source == "pretrained":
+                _pretrain_base_model(cfg, tmp_paths, log=log)
+            (tmp / PROVENANCE_FILE).write_text(json.dumps({"base_model": source}))
             (tmp / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
             (tmp / "COMPLETE").write_text(f"built in {time.time() - t0:.1f}s\n")
             if paths.root.exists():
@@ -161,6 +183,50 @@ def _relocate(paths: ToyWorldPaths, new_root: Path) -> ToyWorldPaths:
         **{k: new_root / Path(v).relative_to(paths.root)
            for k, v in paths.model_dump().items() if k != "root"},
     )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _training_inputs(paths: ToyWorldPaths) -> dict[str, str]:
+    """What a base model's weights depend on besides its config: the corpus and tokenizer bytes."""
+    return {"upstream_sha256": _sha256(paths.upstream), "tokenizer_sha256": _sha256(paths.tokenizer / "tokenizer.json")}
+
+
+def _install_shipped_weights(cfg: ToyWorldConfig, paths: ToyWorldPaths, shipped: Path | None, log) -> bool:
+    """Copy the shipped base model of this config into a world being built; False (pre-train
+    instead) where none ships or it was trained on another corpus or tokenizer."""
+    folder = shipped / cfg.fingerprint() if shipped is not None else None
+    if folder is None or not (folder / PROVENANCE_FILE).exists():
+        return False
+    recorded = json.loads((folder / PROVENANCE_FILE).read_text())
+    if {k: recorded.get(k) for k in _training_inputs(paths)} != _training_inputs(paths):
+        log(f"[toyworld] the shipped base model {folder.name} was trained on another corpus or tokenizer; "
+            "pre-training one here (~3 min on 2 cores)")
+        return False
+    for name in _MODEL_FILES:
+        shutil.copyfile(folder / name, paths.model / name)
+    return True
+
+
+def ship_base_model(paths: ToyWorldPaths, cfg: ToyWorldConfig, dest: Path = SHIPPED_WEIGHTS_DIR) -> Path:
+    """Copy a built world's pre-trained base model into `dest/<fingerprint>` with the hashes of
+    the corpus and tokenizer it was trained on (what `_install_shipped_weights` checks)."""
+    source = json.loads((paths.root / PROVENANCE_FILE).read_text())["base_model"]
+    if source != "pretrained":
+        raise ValueError(f"{paths.root} holds {source} weights, not weights pre-trained by this build")
+    folder = dest / cfg.fingerprint()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _MODEL_FILES:
+        shutil.copyfile(paths.model / name, folder / name)
+    import torch
+
+    (folder / PROVENANCE_FILE).write_text(json.dumps({
+        **_training_inputs(paths), "config": cfg.model_dump(), "generator": _GENERATOR_VERSION,
+        "torch": torch.__version__, "built": (paths.root / "COMPLETE").read_text().strip(),
+    }, indent=2) + "\n")
+    return folder
 
 
 @contextmanager
@@ -350,3 +416,23 @@ def _pretrain_base_model(cfg: ToyWorldConfig, paths: ToyWorldPaths, log=print) -
             log(f"[toyworld] base-model pre-training step {step}/{cfg.pretrain_steps} "
                 f"loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.save_pretrained(paths.model, safe_serialization=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trainers.toyworld ship`: pre-train the default world's base model in a fresh
+    cache and ship it (`make toyworld-weights`; commit the folder it prints)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trainers.toyworld")
+    parser.add_argument("command", choices=["ship"])
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where to build (default: a new temporary directory)")
+    args = parser.parse_args(argv)
+    cfg = ToyWorldConfig()
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="toyworld-ship-"))
+    paths = ensure_toy_world(cfg, cache, shipped_weights=None)
+    print(ship_base_model(paths, cfg))
+
+
+if __name__ == "__main__":
+    main()
