@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainers import ray_compat
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SINGLE_TRIALS, MULTI_TRIALS = 4, 2
@@ -99,7 +101,13 @@ def run_floor(spec, resolved) -> list[dict]:
         tune_config=tune.TuneConfig(max_concurrent_trials=1),
         run_config=tune.RunConfig(name="floor", storage_path=str(Path(spec.storage_dir()).resolve()),
                                   callbacks=[Times()], verbose=0))
-    tuner.fit()
+    # Tune's defaults, its own result loggers included, which Rewarm's settings turn off.
+    loggers_off = os.environ.pop(ray_compat.TUNE_AUTO_LOGGERS_OFF_ENV, None)
+    try:
+        tuner.fit()
+    finally:
+        if loggers_off is not None:
+            os.environ[ray_compat.TUNE_AUTO_LOGGERS_OFF_ENV] = loggers_off
     out = []
     for d in seen.values():
         first = next(r["first_step"] for r in d["results"] if r["first_step"])

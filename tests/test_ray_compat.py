@@ -63,6 +63,16 @@ def test_tune_reads_its_state_save_period_output_mode_and_result_buffer_from_the
     assert f'"{ray_compat.TUNE_RESULT_BUFFER_LENGTH_ENV}"' in inspect.getsource(tune_module)
 
 
+def test_tune_adds_no_loggers_of_its_own_where_rewarm_says_so(monkeypatch):
+    from ray.tune.logger import LoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    monkeypatch.delenv(ray_compat.TUNE_AUTO_LOGGERS_OFF_ENV, raising=False)
+    assert any(isinstance(c, LoggerCallback) for c in _create_default_callbacks([], air_verbosity=None))
+    monkeypatch.setenv(ray_compat.TUNE_AUTO_LOGGERS_OFF_ENV, "1")
+    assert not any(isinstance(c, LoggerCallback) for c in _create_default_callbacks([], air_verbosity=None))
+
+
 def test_job_config_and_api_server_variables_keep_their_names():
     from ray._private import ray_constants
     from ray._private.runtime_env import constants

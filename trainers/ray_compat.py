@@ -33,6 +33,9 @@ TRAIN_PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Seconds between Tune's experiment-state saves (ray/tune/execution/tune_controller.py).
 TUNE_STATE_SAVE_PERIOD_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
 TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune's console reporter (ray/tune/experimental/output.py)
+# "1": Tune adds no CSV, JSON and TensorBoard loggers of its own to a run
+# (ray/tune/utils/callback.py: _create_default_callbacks).
+TUNE_AUTO_LOGGERS_OFF_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 # Results Tune buffers per trial before the scheduler sees them (ray/tune/tune.py); the
 # sweep-efficiency benchmark sets 1, so a fast replayed trial cannot run past a stop decision.
 TUNE_RESULT_BUFFER_LENGTH_ENV = "TUNE_RESULT_BUFFER_LENGTH"
