@@ -350,6 +350,10 @@ def _ui(args) -> int:
         print(f"then open {page}")
         return 0
     print(f"[rewarm] MLflow UI starting; open {page}", flush=True)
+    # MLflow's job runner and its Huey consumers serve GenAI jobs (LLM judges, trace roll-ups)
+    # that a store of Rewarm runs never has: ~26 CPU-s at start on 2 cores, beside a running
+    # sweep. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment keeps them.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(cmd[0], cmd)
     return 0
 

@@ -197,6 +197,11 @@ def test_rewarm_ui_opens_on_the_sweeps_runs_in_headless_chromium(task_sweep, rew
         text = _chromium_text(chromium, page, tmp_path / "profile")
         assert "Runs" in text and f"{len(outcome.trials) + 1} matching runs" in text, text[:2000]
         assert "No data available" not in text
+        # Started without MLflow's GenAI job runner (sweeps/cli.py: _ui).
+        import psutil
+
+        started = [" ".join(p.cmdline()) for p in psutil.Process(ui.pid).children(recursive=True)]
+        assert started and not [c for c in started if "huey" in c or "_job_runner" in c], started
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
