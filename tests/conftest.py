@@ -2,6 +2,7 @@
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,45 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome, report.longrepr = "failed", f"CI=true forbids skipping: {reason}"
+
+
+# Read by MLflow's client, and set by `mlflow.set_tracking_uri` for child processes to inherit.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks():
+    """A test leaves MLFLOW_TRACKING_URI as it found it. It overrides every spec's store
+    (README: the environment wins), so one leaked by a test (`mlflow.set_tracking_uri` sets
+    it) sends every later test's runs, in whatever order tests run, to that store."""
+    before = os.environ.get(TRACKING_URI_ENV)
+    yield
+    after = os.environ.get(TRACKING_URI_ENV)
+    if after is not None and after != before:  # removing it (as module fixtures do) misdirects nothing
+        if before is None:
+            os.environ.pop(TRACKING_URI_ENV)
+        else:
+            os.environ[TRACKING_URI_ENV] = before
+        pytest.fail(f"the test left {TRACKING_URI_ENV}={after!r} (was {before!r}); "
+                    "use global_tracking_uri() or monkeypatch", pytrace=False)
+
+
+@contextmanager
+def global_tracking_uri(uri: str):
+    """MLflow's global tracking URI (and the variable it sets) for a block, then as before."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env, global_uri = os.environ.get(TRACKING_URI_ENV), tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(global_uri)
+        if env is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = env
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from sweeps.cli import main
+from tests.conftest import global_tracking_uri
 from sweeps.tracking.statuses import TrialStatus
 from sweeps.tracking.tracker import Tracker
 from trainers.objective import BaseReference, ObjectiveConfig, score
@@ -57,14 +58,11 @@ def test_mlflow_search_runs_ranks_like_rewarm_best(tmp_path, kind, capsys, monke
     assert rows[0]["trial_id"] == EXPECTED[kind]
 
     # The query README ("Querying in MLflow") gives, with MLflow's own client.
-    mlflow.set_tracking_uri(uri)
-    try:
+    with global_tracking_uri(uri):
         found = mlflow.search_runs(
             experiment_ids=[tracker.ensure_experiment()],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`rewarm.status` = 'completed'",
             order_by=["metrics.`final/objective` DESC"], max_results=1)
-    finally:
-        mlflow.set_tracking_uri(None)
     assert found["tags.rewarm.trial_id"].tolist() == [rows[0]["trial_id"]]
 
 

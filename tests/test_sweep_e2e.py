@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.config.loading import load_spec
 from sweeps.execution.single_run import run_single
 from sweeps.execution.driver import run_sweep
-from tests.conftest import assert_divergence_recorded, small_spec, seed_mlflow_store
+from tests.conftest import assert_divergence_recorded, global_tracking_uri, small_spec, seed_mlflow_store
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TERMINAL = {"completed", "early_stopped", "diverged", "failed"}
@@ -246,12 +246,8 @@ def test_parent_names_the_best_trial_and_its_registered_model_loads_by_alias(swe
     code, _, err = _best(capsys, "--sweep", "e2e", "--tracking-uri", uri, "--register", "e2e-best")
     assert code == 0 and "models:/e2e-best@best" in err, err
     assert client.get_model_version_by_alias("e2e-best", "best").run_id == best["run_id"]
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with global_tracking_uri(uri):  # models:/ URIs resolve through the global registry URI
         path = mlflow.artifacts.download_artifacts("models:/e2e-best@best", dst_path=str(tmp / "registered"))
-    finally:
-        mlflow.set_tracking_uri(previous)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
 
     objective = client.get_metric_history(best["run_id"], "eval/objective")
