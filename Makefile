@@ -33,8 +33,13 @@ services:
 	$(call apt_ensure,ls /usr/lib/postgresql/*/bin/initdb,postgresql)
 	$(call apt_ensure,command -v chromium,chromium)
 
+# Two test processes, each with its own session Ray cluster; a test file runs whole in one of
+# them (module fixtures: a shared sweep, server or cluster). Most of a Ray test's wall time is
+# one process starting at a time (a controller, a worker, a cluster), so a second test fills
+# the other core: README, "Measured". TEST_WORKERS=0 runs the suite in this process, in order.
+TEST_WORKERS ?= 2
 test: install services
-	$(BIN)/python -m pytest -q -rs --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs --durations=10 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # A single run, then a real sweep on the embedded default (local Ray, ./mlflow.db, the toy world built on
 # first use); each run gets its own sweep name so `make demo` can be repeated.

@@ -12,6 +12,17 @@ RAY_TEST_CPUS = 2
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`), make Ray's auth token before the test processes start
+    their clusters: the first local cluster on a machine writes ~/.ray/auth_token where it is
+    missing, and two starting at once could each write their own and then read the other's."""
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        import subprocess
+
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
+                       capture_output=True, check=True, timeout=120)
+
+
 def require(available: bool, what: str) -> None:
     """A test's service (PostgreSQL, Chromium, ...) must be there. Outside CI a missing one skips
     the test, saying why; under CI=true it fails it: a CI run never passes by skipping."""

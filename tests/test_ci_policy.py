@@ -20,13 +20,14 @@ def test_skips_by_itself():
 '''
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])  # as `make test` runs
 @pytest.mark.parametrize("ci,expected", [("true", "2 failed"), ("", "2 skipped")])
-def test_missing_service_fails_under_ci_and_skips_outside(tmp_path, ci, expected):
+def test_missing_service_fails_under_ci_and_skips_outside(tmp_path, ci, expected, workers):
     (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_runtest_makereport  # noqa: F401\n")
     (tmp_path / "test_probe.py").write_text(PROBE)
     env = {**os.environ, "CI": ci, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *workers,
+                           str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert expected in proc.stdout, proc.stdout[-2000:]
     assert "the probe service is missing" in proc.stdout
     if ci:

@@ -84,9 +84,12 @@ def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_wo
     from trainers.local import run_distributed
     from trainers.toyworld import default_cache_dir
 
-    ddp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2})
+    # An eval batch of its own gives these trials a base reference no other test shares (the
+    # key holds it), so forgetting it below cannot pull it from under a test running beside.
+    ddp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2}, training={"eval_batch_size": 8})
     ddp = run_distributed(trial_config(resolve(ddp_spec), ddp_spec.fixed_knobs()), world=2)
-    fsdp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"})
+    fsdp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"},
+                           training={"eval_batch_size": 8})
     # Forget any cached base reference of these trials, so this run must measure it.
     key = base_reference_key(dataclasses.replace(resolve(ddp_spec), spec=fsdp_spec))
     cache = default_cache_dir() / "base_reference"
