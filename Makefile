@@ -34,12 +34,13 @@ services:
 	$(call apt_ensure,command -v chromium,chromium)
 
 # Two test processes, each with its own session Ray cluster; a test file runs whole in one of
-# them (module fixtures: a shared sweep, server or cluster). Most of a Ray test's wall time is
-# one process starting at a time (a controller, a worker, a cluster), so a second test fills
-# the other core: README, "Measured". TEST_WORKERS=0 runs the suite in this process, in order.
+# them (module fixtures: a shared sweep, server or cluster), the longest files first
+# (tests/conftest.py: LONGEST_FIRST). Most of a Ray test's wall time is one process starting at
+# a time (a controller, a worker, a cluster), so a second test fills the other core: README,
+# "Measured". TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
 test: install services
-	$(BIN)/python -m pytest -q -rs --durations=10 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs --durations=10 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 # A single run, then a real sweep on the embedded default (local Ray, ./mlflow.db, the toy world built on
 # first use); each run gets its own sweep name so `make demo` can be repeated.

@@ -32,3 +32,9 @@ def test_missing_service_fails_under_ci_and_skips_outside(tmp_path, ci, expected
     assert "the probe service is missing" in proc.stdout
     if ci:
         assert "CI=true forbids skipping: Skipped: no reason at all" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_the_longest_first_files_exist():
+    from tests.conftest import LONGEST_FIRST
+
+    assert [name for name in LONGEST_FIRST if not (REPO / "tests" / name).is_file()] == []
