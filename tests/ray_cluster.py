@@ -42,10 +42,17 @@ class LocalRayCluster:
         # rewarm: the sweep must bring them itself (sweeps/settings.py).
         from sweeps.settings import PROCESS_SETTINGS as RAY_ENV_DEFAULTS
 
-        # RAY_API_SERVER_ADDRESS names the API server of the last cluster init_ray started in
-        # this process; Ray's clients would prefer it to any --address.
-        dropped = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", *RAY_ENV_DEFAULTS}
+        from trainers.ray_compat import API_SERVER_ADDRESS_ENV
+
+        dropped = {"RAY_ADDRESS", *RAY_ENV_DEFAULTS}
         env = {k: v for k, v in (base or os.environ).items() if k not in dropped}
+        # This cluster's own API server, for its processes and clients. On one host beside other
+        # Ray instances (the test processes' own clusters), Train's placement-group cleaner,
+        # asking the State API with no address whether a controller lives, could not tell which
+        # instance to ask and would never free a stopped trial's placement group (as init_ray
+        # says for local clusters); separate machines have one instance each. It also replaces
+        # the value init_ray leaves naming the last local cluster of this process.
+        env[API_SERVER_ADDRESS_ENV] = self.dashboard_url
         # The cluster's processes (and a Ray job's entrypoint) find this venv's python and `rewarm`.
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env["RAY_TMPDIR"] = self.root

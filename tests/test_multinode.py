@@ -132,7 +132,7 @@ def test_ray_job_submit_ships_the_working_dir(cluster, tmp_path, capsys):
               "bash", "-c", f"python -c 'import sweeps; print(\"shipped code:\", sweeps.__file__)' && "
                             f"python -m sweeps.cli sweep {spec}"]
     for _ in range(12):
-        proc = subprocess.run(submit, env=cluster.env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(submit, env=cluster.env(), capture_output=True, text=True, timeout=300)
         out = proc.stdout + proc.stderr
         # The head's job agent can be briefly unavailable (e.g. just after another driver left).
         if "No available agent" not in out:
