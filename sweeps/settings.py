@@ -33,9 +33,10 @@ PROCESS_SETTINGS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
     ray_compat.TUNE_NEW_OUTPUT_ENV: "0",
-    # MLflow and the run dirs are a sweep's record; Tune's own CSV, JSON and TensorBoard files
-    # of every result would be a third copy nobody reads, written by the driver at each report,
-    # and importing tensorboardX alone took 1.7 s of every sweep's start on 2 cores.
+    # MLflow and the run dirs are a sweep's record; Tune's own CSV and TensorBoard files of
+    # every result would be more copies nobody reads, written by the driver at each report,
+    # and importing tensorboardX alone took 1.7 s of every sweep's start on 2 cores. The sweep
+    # adds Tune's JSON log back itself, which Tune reads (sweeps/execution/driver.py).
     ray_compat.TUNE_AUTO_LOGGERS_OFF_ENV: "1",
     # MLflow's INFO lines (database tables created, experiment created) are not the user's
     # business; `rewarm -v` (or MLFLOW_LOGGING_LEVEL=INFO) shows them. Read at `import mlflow`.

@@ -142,6 +142,7 @@ def new_tuner(spec: SweepSpec, params: dict, trainable, callback: SweepCallback,
     """The Tuner of a new sweep: searcher (its study in `study_storage`), scheduler, stopper,
     callback and failure policy."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     return tune.Tuner(
         trainable,
@@ -153,7 +154,11 @@ def new_tuner(spec: SweepSpec, params: dict, trainable, callback: SweepCallback,
             # the next trial; the loop seeds every RNG itself, so nothing carries over.
             reuse_actors=True),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(directory.parent), callbacks=[callback], verbose=0,
+            # Of Tune's own result logs only the JSON one (its CSV and TensorBoard ones are off:
+            # sweeps/settings.py): Tuner.fit() reads it back into its ResultGrid, and warns per
+            # trial where it is missing.
+            name=spec.name, storage_path=str(directory.parent), callbacks=[callback, JsonLoggerCallback()],
+            verbose=0,
             # The schedule-aware stopper stops divergence itself (and logs why).
             stop=None if spec.scheduler.kind == "rewarm" else DivergenceStopper(),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
