@@ -337,7 +337,7 @@ def _ui(args) -> int:
     import shlex
     from pathlib import Path
 
-    from sweeps.tracking.store import default_artifact_location, default_tracking_uri, open_client
+    from sweeps.tracking.store import default_artifact_location, default_tracking_uri, open_client, server_env
 
     uri = default_tracking_uri(args.tracking_uri)
     cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
@@ -345,15 +345,13 @@ def _ui(args) -> int:
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", default_artifact_location(uri)]
     page = _ui_page(open_client(uri), args.sweep, args.port)
+    env = server_env()  # the printed command carries it too: pasted, it starts the same server
     if not args.run:
-        print(shlex.join(cmd))
+        print(shlex.join([f"{k}={v}" for k, v in env.items()] + cmd))
         print(f"then open {page}")
         return 0
     print(f"[rewarm] MLflow UI starting; open {page}", flush=True)
-    # MLflow's job runner and its Huey consumers serve GenAI jobs (LLM judges, trace roll-ups)
-    # that a store of Rewarm runs never has: ~26 CPU-s at start on 2 cores, beside a running
-    # sweep. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment keeps them.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.environ.update(env)
     os.execv(cmd[0], cmd)
     return 0
 

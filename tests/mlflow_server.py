@@ -10,12 +10,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sweeps.tracking.store import server_env
 
-# MLflow 3.17's server also starts a job runner and Huey consumers for its GenAI jobs (LLM
-# judges, trace roll-ups), which a tracking store of Rewarm runs never uses: 26 CPU-s more per
-# start and lifetime on 2 cores (33.7 vs 7.3 CPU-s over its first 19 s), starved from the
-# sweep under test. `rewarm ui` starts its UI without them too (sweeps/cli.py).
-SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+# The server runs as Rewarm starts one (sweeps/tracking/store.py: server_env): without MLflow's
+# GenAI job runner, 26 CPU-s more per start and lifetime on 2 cores (33.7 vs 7.3 CPU-s over
+# its first 19 s), starved from the sweep under test.
 
 
 def free_port() -> int:
@@ -51,7 +51,7 @@ class MlflowServer:
             [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.root / "artifacts")],
-            env={**os.environ, **SERVER_ENV}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            env={**os.environ, **server_env()}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             try:

@@ -76,7 +76,8 @@ def test_sweep_benchmark_orders_a_searchers_trials_by_start_not_by_id(local_ray,
 
 def test_interleaved_throughput_charges_each_loop_only_its_own_steps(toy_world, monkeypatch):
     """The trainer benchmark runs a bare step before each Rewarm step and subtracts it: a bare
-    step made 0.2 s slower must slow the bare figure alone, not the Rewarm loop's."""
+    step made 0.5 s slower must slow the bare figure alone, not the Rewarm loop's. (0.5 s, not
+    less: a toy step takes 0.1-0.3 s, the upper end beside another test process.)"""
     import time
 
     import benchmarks.trainer_bench as tb
@@ -88,9 +89,9 @@ def test_interleaved_throughput_charges_each_loop_only_its_own_steps(toy_world, 
     cfg = trial_config(resolve(spec), spec.fixed_knobs())
     cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"evaluate": False})})
     slow_step = tb.BareLoop.step
-    monkeypatch.setattr(tb.BareLoop, "step", lambda self: (slow_step(self), time.sleep(0.2)))
+    monkeypatch.setattr(tb.BareLoop, "step", lambda self: (slow_step(self), time.sleep(0.5)))
     r = tb.interleaved_round(cfg, __import__("torch").device("cpu"))
     tokens_per_step = cfg.loop.global_batch_size * cfg.loop.seq_len
-    assert r["bare_tokens_per_s"] < tokens_per_step / 0.2
+    assert r["bare_tokens_per_s"] < tokens_per_step / 0.5
     # Were the bare step not subtracted, the Rewarm loop would be slower than the bare one.
     assert r["rewarm_tokens_per_s"] > 1.5 * r["bare_tokens_per_s"]

@@ -205,3 +205,19 @@ def test_rewarm_ui_opens_on_the_sweeps_runs_in_headless_chromium(task_sweep, rew
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
+
+
+def test_rewarm_ui_prints_the_command_it_would_run(task_sweep, capsys, monkeypatch):
+    """Without --run, the command to paste: the same server `--run` starts (no GenAI job runner
+    unless the user's environment asks for it) and the page of the sweep's runs."""
+    uri, outcome, _ = task_sweep
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    code, out, _ = _rewarm(["ui", "--sweep", "tasks", "--tracking-uri", uri, "--port", "5099"], capsys)
+    command, page = out.strip().splitlines()
+    assert code == 0 and command.startswith("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false ")
+    assert f"--backend-store-uri {uri} " in command and "--port 5099" in command
+    experiment = MlflowClient(uri).get_run(outcome.parent_run_id).info.experiment_id
+    assert page == f"then open http://127.0.0.1:5099/#/experiments/{experiment}?workflowType=machine_learning"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # the user's value wins
+    _, out, _ = _rewarm(["ui", "--sweep", "tasks", "--tracking-uri", uri, "--port", "5099"], capsys)
+    assert out.startswith("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true ")

@@ -4,11 +4,13 @@ the hub's own paths (AutoTokenizer, AutoModelForCausalLM, datasets)."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 
 import numpy as np
 import pytest
 
+from trainers import data, toyworld
 from trainers.toyworld import (DOWNSTREAM, PROVENANCE_FILE, SHIPPED_WEIGHTS_DIR, UPSTREAM, ToyWorldConfig,
                                build_languages, ensure_toy_world, ship_base_model)
 
@@ -47,6 +49,29 @@ def test_the_default_worlds_shipped_weights_were_trained_on_the_corpus_and_token
     assert shipped["config"] == ToyWorldConfig().model_dump()
     assert shipped["upstream_sha256"] == hashlib.sha256(toy_world.upstream.read_bytes()).hexdigest()
     assert shipped["tokenizer_sha256"] == hashlib.sha256((toy_world.tokenizer / "tokenizer.json").read_bytes()).hexdigest()
+    assert shipped["pretrain"] == toyworld._PRETRAIN_VERSION
+    folder = SHIPPED_WEIGHTS_DIR / ToyWorldConfig().fingerprint()
+    assert shipped["files"] == {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                                for name in ("config.json", "generation_config.json", "model.safetensors")}
+    assert json.loads((toy_world.root / PROVENANCE_FILE).read_text())["base_model"] in ("shipped", "pretrained")
+
+
+# The pre-training code the shipped weights were made by, as source. An edit of any of these
+# fails here: if it changes what pre-training makes, bump toyworld._PRETRAIN_VERSION and run
+# `make toyworld-weights` (else shipped weights would stand in for a model this code no longer
+# makes); either way, record the new hash.
+PRETRAIN_SOURCE_SHA256 = "a4c8e112d753cb25b6e9199d615b99f1478002fbbacd2c923047804717260816"
+
+
+def _pretrain_source_sha256() -> str:
+    sources = [inspect.getsource(f) for f in (toyworld._pretrain_base_model, data.pack_token_stream, data.tokenize_texts)]
+    return hashlib.sha256("\n".join(sources + [toyworld._PRETRAIN_VERSION]).encode()).hexdigest()
+
+
+def test_the_pretraining_code_is_the_one_the_shipped_weights_were_made_by():
+    assert _pretrain_source_sha256() == PRETRAIN_SOURCE_SHA256, (
+        "the base model's pre-training code changed: if it changes what it makes, bump "
+        "trainers/toyworld.py:_PRETRAIN_VERSION and run `make toyworld-weights`; then record the new hash here")
 
 
 def test_shipped_weights_are_used_only_over_the_corpus_and_tokenizer_they_were_trained_on(tmp_path):
@@ -63,12 +88,26 @@ def test_shipped_weights_are_used_only_over_the_corpus_and_tokenizer_they_were_t
         ship_base_model(installed, TINY, tmp_path / "again")  # only weights pre-trained by the build ship
 
     provenance = weights / TINY.fingerprint() / PROVENANCE_FILE
-    provenance.write_text(json.dumps({**json.loads(provenance.read_text()), "tokenizer_sha256": "0" * 64}))
-    logs.clear()
-    rebuilt = ensure_toy_world(TINY, tmp_path / "c", log=logs.append, shipped_weights=weights)
-    assert _source(rebuilt) == "pretrained"
-    assert any("trained on another corpus or tokenizer" in line for line in logs)
-    assert any("pre-training step" in line for line in logs)
+    shipped = json.loads(provenance.read_text())
+    model = weights / TINY.fingerprint() / "model.safetensors"
+    good = model.read_bytes()
+    # Each way a shipped model can differ from what this build would pre-train: pre-trained again, saying why.
+    for i, (change, why) in enumerate((
+            ({"tokenizer_sha256": "0" * 64}, "trained on another corpus or tokenizer"),
+            ({"pretrain": "p0"}, "by another version of the pre-training"),
+            ("truncated", "model.safetensors that is missing or not the file that shipped"),
+            ("missing", "model.safetensors that is missing or not the file that shipped"))):
+        provenance.write_text(json.dumps({**shipped, **change} if isinstance(change, dict) else shipped))
+        if change == "truncated":
+            model.write_bytes(good[:1000])
+        elif change == "missing":
+            model.unlink()
+        logs.clear()
+        rebuilt = ensure_toy_world(TINY, tmp_path / f"c{i}", log=logs.append, shipped_weights=weights)
+        assert _source(rebuilt) == "pretrained", change
+        assert any(why in line for line in logs), (change, logs)
+        assert any("pre-training step" in line for line in logs)
+        model.write_bytes(good)
 
 
 def test_a_built_world_is_reused_and_any_field_change_is_a_new_entry(tmp_path):

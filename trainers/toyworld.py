@@ -97,6 +97,10 @@ class ToyWorldConfig(BaseModel):
 
 # Bump when the generator changes in a way that alters its output.
 _GENERATOR_VERSION = "v3"
+# Bump when the base model's pre-training changes what it makes (`_pretrain_base_model`: its
+# loop, optimizer, schedule or architecture arguments; the token packing it reads): shipped
+# weights record the version that made them, and one made by another is not installed.
+_PRETRAIN_VERSION = "p1"
 
 # Pre-trained base-model weights shipped with the project, one folder per config fingerprint.
 SHIPPED_WEIGHTS_DIR = Path(__file__).with_name("toyworld_weights")
@@ -190,20 +194,34 @@ def _sha256(path: Path) -> str:
 
 
 def _training_inputs(paths: ToyWorldPaths) -> dict[str, str]:
-    """What a base model's weights depend on besides its config: the corpus and tokenizer bytes."""
-    return {"upstream_sha256": _sha256(paths.upstream), "tokenizer_sha256": _sha256(paths.tokenizer / "tokenizer.json")}
+    """What a base model's weights depend on besides its config: the corpus and tokenizer
+    bytes, and the pre-training code's version."""
+    return {"upstream_sha256": _sha256(paths.upstream), "tokenizer_sha256": _sha256(paths.tokenizer / "tokenizer.json"),
+            "pretrain": _PRETRAIN_VERSION}
+
+
+def _shipped_mismatch(folder: Path, paths: ToyWorldPaths) -> str | None:
+    """Why the shipped base model in `folder` is not the one this build would pre-train, or
+    None where it is: trained on other inputs, or a file missing or not the bytes that shipped
+    (a truncated copy, a Git LFS pointer)."""
+    recorded = json.loads((folder / PROVENANCE_FILE).read_text())
+    if {k: recorded.get(k) for k in _training_inputs(paths)} != _training_inputs(paths):
+        return "was trained on another corpus or tokenizer, or by another version of the pre-training"
+    for name in _MODEL_FILES:
+        if not (folder / name).is_file() or _sha256(folder / name) != recorded.get("files", {}).get(name):
+            return f"has a {name} that is missing or not the file that shipped"
+    return None
 
 
 def _install_shipped_weights(cfg: ToyWorldConfig, paths: ToyWorldPaths, shipped: Path | None, log) -> bool:
     """Copy the shipped base model of this config into a world being built; False (pre-train
-    instead) where none ships or it was trained on another corpus or tokenizer."""
+    instead, saying why) where none ships or it is not what this build would pre-train."""
     folder = shipped / cfg.fingerprint() if shipped is not None else None
     if folder is None or not (folder / PROVENANCE_FILE).exists():
         return False
-    recorded = json.loads((folder / PROVENANCE_FILE).read_text())
-    if {k: recorded.get(k) for k in _training_inputs(paths)} != _training_inputs(paths):
-        log(f"[toyworld] the shipped base model {folder.name} was trained on another corpus or tokenizer; "
-            "pre-training one here (~3 min on 2 cores)")
+    why = _shipped_mismatch(folder, paths)
+    if why:
+        log(f"[toyworld] the shipped base model {folder.name} {why}; pre-training one here (~3 min on 2 cores)")
         return False
     for name in _MODEL_FILES:
         shutil.copyfile(folder / name, paths.model / name)
@@ -223,7 +241,8 @@ def ship_base_model(paths: ToyWorldPaths, cfg: ToyWorldConfig, dest: Path = SHIP
     import torch
 
     (folder / PROVENANCE_FILE).write_text(json.dumps({
-        **_training_inputs(paths), "config": cfg.model_dump(), "generator": _GENERATOR_VERSION,
+        **_training_inputs(paths), "files": {name: _sha256(folder / name) for name in _MODEL_FILES},
+        "config": cfg.model_dump(), "generator": _GENERATOR_VERSION,
         "torch": torch.__version__, "built": (paths.root / "COMPLETE").read_text().strip(),
     }, indent=2) + "\n")
     return folder

@@ -15,6 +15,18 @@ class TrackingError(UserError, RuntimeError):
     """The tracking server or store cannot be used; the message names the URI and cause."""
 
 
+# MLflow servers Rewarm starts (`rewarm ui`, the tests') run with this, unless the user's
+# environment sets the variable: MLflow's job runner and its Huey consumers serve GenAI jobs
+# (LLM judges, trace roll-ups) that a store of Rewarm runs never has, and cost ~26 CPU-s at
+# each start on 2 cores, beside a running sweep.
+SERVER_ENV_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_env() -> dict[str, str]:
+    """The variables an MLflow server Rewarm starts gets: SERVER_ENV_DEFAULTS, the user's values winning."""
+    return {k: os.environ.get(k, v) for k, v in SERVER_ENV_DEFAULTS.items()}
+
+
 def default_tracking_uri(explicit: str | None = None) -> str:
     """`explicit`, else MLFLOW_TRACKING_URI, else an absolute SQLite file in the working directory."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
