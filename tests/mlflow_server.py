@@ -13,11 +13,6 @@ from pathlib import Path
 from sweeps.tracking.store import server_env
 
 
-# The server runs as Rewarm starts one (sweeps/tracking/store.py: server_env): without MLflow's
-# GenAI job runner, 26 CPU-s more per start and lifetime on 2 cores (33.7 vs 7.3 CPU-s over
-# its first 19 s), starved from the sweep under test.
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +46,9 @@ class MlflowServer:
             [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.root / "artifacts")],
+            # Started as Rewarm starts one (server_env): without MLflow's GenAI job runner, 26 CPU-s
+            # more per start on 2 cores (33.7 vs 7.3 CPU-s over its first 19 s), starved from the
+            # sweep under test.
             env={**os.environ, **server_env()}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout_s
         while time.time() < deadline:

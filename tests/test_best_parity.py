@@ -12,9 +12,9 @@ import mlflow
 import pytest
 
 from sweeps.cli import main
-from tests.conftest import global_tracking_uri
 from sweeps.tracking.statuses import TrialStatus
 from sweeps.tracking.tracker import Tracker
+from tests.conftest import global_tracking_uri
 from trainers.objective import BaseReference, ObjectiveConfig, score
 from trainers.report_point import DIVERGED_OBJECTIVE
 

@@ -204,8 +204,8 @@ def _shipped_mismatch(folder: Path, paths: ToyWorldPaths) -> str | None:
     """Why the shipped base model in `folder` is not the one this build would pre-train, or
     None where it is: trained on other inputs, or a file missing or not the bytes that shipped
     (a truncated copy, a Git LFS pointer)."""
-    recorded = json.loads((folder / PROVENANCE_FILE).read_text())
-    if {k: recorded.get(k) for k in _training_inputs(paths)} != _training_inputs(paths):
+    recorded, inputs = json.loads((folder / PROVENANCE_FILE).read_text()), _training_inputs(paths)
+    if {k: recorded.get(k) for k in inputs} != inputs:
         return "was trained on another corpus or tokenizer, or by another version of the pre-training"
     for name in _MODEL_FILES:
         if not (folder / name).is_file() or _sha256(folder / name) != recorded.get("files", {}).get(name):
