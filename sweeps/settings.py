@@ -31,6 +31,10 @@ PROCESS_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     # Uploading a checkpoint artifact must not draw a progress bar into the sweep's output.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Against a tracking server, MLflow prints "View run ... at: <url>" and "View experiment"
+    # for every run it closes (each trial's, the sweep's), after one more request to read
+    # the run back; the sweep prints its own lines, with the server and parent run once.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # Rewarm prints its own progress lines; Tune's console reporter would repeat them as tables.
     ray_compat.TUNE_NEW_OUTPUT_ENV: "0",
     # MLflow and the run dirs are a sweep's record; Tune's own CSV and TensorBoard files of

@@ -45,6 +45,8 @@ def test_sweep_against_mlflow_server_on_postgres(mlflow_on_postgres, tmp_path, t
     spec.write_text(yaml.safe_dump(raw))
     proc = subprocess.run([rewarm_bin, "sweep", str(spec)], env=cluster_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Rewarm's own lines only: MLflow prints no "View run ... at" for each run it closes.
+    assert "View run" not in proc.stdout + proc.stderr and "View experiment" not in proc.stdout + proc.stderr
 
     from sweeps.cli import main  # `best` in this process: it reads the server alone
 
