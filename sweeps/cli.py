@@ -31,7 +31,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewarm", description="Continual pre-training sweeps: re-warming, replay, forgetting.")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="let Ray's and MLflow's own notices (INFO lines, warnings) reach the terminal")
+                        help="let Ray's, MLflow's and Optuna's own notices (INFO lines, warnings) reach the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a spec without running it")

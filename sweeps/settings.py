@@ -54,6 +54,15 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def set_optuna_verbosity() -> None:
+    """Optuna's own log lines (a study created, each trial finished) as `rewarm -v` asks: INFO
+    with -v, else warnings only. Optuna reads no environment variable for this, so each
+    place that is about to use Optuna calls this (its searcher, knob importance)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose() else optuna.logging.WARNING)
+
+
 def apply_process_settings() -> None:
     """Set every setting this process does not have yet (idempotent)."""
     for key, value in PROCESS_SETTINGS.items():

@@ -60,6 +60,10 @@ def test_importance_finds_the_knob_behind_each_target(tmp_path, capsys, monkeypa
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     table = proc.stdout
     assert "12 completed trials" in table and "schedule" in table and "fixed at cosine" in table
+    # `rewarm -v` lets Optuna's own notices through, as it does Ray's and MLflow's.
+    proc = subprocess.run([rewarm_bin, "-v", "importance", "--sweep", "known", "--tracking-uri", uri],
+                          capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0 and "A new study created in memory" in proc.stderr, proc.stderr
 
 
 def test_too_few_completed_trials_is_one_line_saying_how_many(tmp_path, capsys, monkeypatch):

@@ -11,6 +11,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.params import Choice, Fixed, LogUniform, Uniform
 from sweeps.config.spec import SweepSpec
+from sweeps.settings import set_optuna_verbosity
 from sweeps.tracking.statuses import TrialStatus, trial_status
 from sweeps.tracking.study import LOST_TRIALS_ATTR, STATUS_ATTR, TUNE_TRIAL_ATTR
 from sweeps.tracking.tracker import FINAL_METRICS
@@ -133,7 +134,7 @@ class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
 def make_searcher(spec: SweepSpec, params: dict, storage=None):
     """The sweep's searcher; `storage` (an Optuna RDBStorage: tracking/study.py) keeps its study
     in the sweep's store under the sweep's name, None keeps it in memory only."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    set_optuna_verbosity()
     where = dict(storage=storage, study_name=spec.name)
     algorithm = spec.search_algorithm()
     if algorithm == "grid":

@@ -47,9 +47,11 @@ def knob_importance(trials: list, searched: list[str], seed: int = 0) -> dict[st
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
+    from sweeps.settings import set_optuna_verbosity
+
     # A scratch copy the user never sees: Optuna would announce it on stderr ("A new study
-    # created in memory") in the middle of `rewarm report`'s output.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # created in memory") in the middle of `rewarm report`'s output (`rewarm -v` shows it).
+    set_optuna_verbosity()
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     for t in trials:  # a single-objective copy: fANOVA reads params and one target per call
         study.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=0.0,
