@@ -2,9 +2,9 @@
 
 A finished sweep stored under the default relative storage path is resumed by its directory
 from another working directory (it used to start a fresh sweep under the old parent run);
-a wrong `--storage-path`, and a directory without Tune's state, are one-line errors (exit 2)
-that add nothing to MLflow; a trial whose newest checkpoint is partial gets the newest good
-one linked.
+a wrong `--storage-path`, a directory without Tune's state and one whose state a killed
+driver left empty are one-line errors (exit 2) that add nothing to MLflow; a trial whose
+newest checkpoint is partial gets the newest good one linked.
 """
 
 import os
@@ -64,6 +64,14 @@ def test_resume_from_elsewhere_continues_and_bad_locations_are_refused(local_ray
     assert main(["resume", str(stateless)]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds no Tune experiment state" in err and str(stateless) in err and "\n" not in err, err
+
+    torn = elsewhere / "torn" / "anchored"  # a driver killed while it saved: Tune would start over
+    shutil.copytree(sweep_dir, torn)
+    (newest,) = sorted(torn.glob("experiment_state*.json"))[-1:]
+    newest.write_text("")
+    assert main(["resume", str(torn)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"its Tune state {newest} is empty" in err and "\n" not in err, err
     assert len(_trial_runs(uri)) == 2  # nothing was added by the refused resumes
 
 

@@ -21,9 +21,10 @@ STATE_FILES = ("experiment_state.json", "searcher-state.pkl", "callbacks.pkl")
 
 def main(mode: str) -> dict:
     if mode == "patched":
-        from trainers.ray_compat import serialize_state_uploads
+        from trainers.ray_compat import atomic_state_uploads, serialize_state_uploads
 
         assert serialize_state_uploads(), "trainers/ray_compat.py could not install its wrapper on this Ray"
+        assert atomic_state_uploads(), "trainers/ray_compat.py could not install its uploader on this Ray"
     root = Path(tempfile.mkdtemp())
     staging = root / "staging"
 
@@ -62,7 +63,8 @@ def main(mode: str) -> dict:
     last = str(generation[0]).encode()
     return {"warnings": warnings,
             "storage_has_last_state": all((stored / n).read_bytes().startswith(last) for n in STATE_FILES),
-            "stray_tmp_files": sorted(p.name for p in stored.iterdir() if "-tmp-" in p.name)}
+            # Save-time tmp files, or an upload's own staging dir (trainers/ray_compat.py), left behind.
+            "stray_tmp_files": sorted(p.name for p in stored.iterdir() if "-tmp-" in p.name or p.name.startswith(".rewarm-"))}
 
 
 if __name__ == "__main__":

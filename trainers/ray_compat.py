@@ -191,6 +191,67 @@ def drop_driver_notices(patterns: tuple[str, ...]) -> bool:
     return True
 
 
+_ATOMIC_UPLOADS_MARK = "_rewarm_atomic_uploads"
+# Beside the sweep's state files in storage_path while an upload is in flight (hidden: Tune
+# and Rewarm read only the named files there); left behind only by a driver killed mid-upload,
+# and removed by the next upload.
+UPLOAD_STAGING_PREFIX = ".rewarm-upload-"
+
+
+def atomic_state_uploads() -> bool:
+    """Make each upload of Tune's experiment state to a local (or mounted) storage_path replace
+    the files there whole, never write them in place.
+
+    Tune 2.60 uploads its staged state dir with pyarrow's copy_files, which truncates each file
+    in storage_path and then writes it. A driver killed in between (Rewarm saves at every
+    controller step, so uploads run much of the time) leaves empty state files where the last
+    good state was; `Tuner.restore` then starts the experiment afresh: seen in CI on
+    2026-12-07, a resumed sweep ran its one trial again from step 0 under a new id. Here the
+    dir is copied beside the state files first and each file is renamed into place (atomic on
+    one filesystem), the trial table last. Object stores are left to Tune: an object is never
+    visible half-written. Installed once per process; returns whether it is active (False,
+    with a warning, on a Ray that moved the syncer).
+    """
+    try:
+        import pyarrow.fs
+        from ray.train._internal.storage import _FilesystemSyncer as syncer
+    except ImportError:
+        log.warning("Ray moved _FilesystemSyncer; a driver killed while saving may leave Tune's state empty")
+        return False
+
+    def atomic(original):
+        def _sync_up_command(self, local_path: str, uri: str, exclude=None):
+            command = original(self, local_path, uri, exclude)
+            if exclude or not os.path.isdir(local_path) or not isinstance(self.storage_filesystem,
+                                                                          pyarrow.fs.LocalFileSystem):
+                return command
+            return replace_dir_files, dict(source=local_path, destination=uri)
+        return _sync_up_command
+
+    return _wrap_once(syncer, "_sync_up_command", _ATOMIC_UPLOADS_MARK, atomic)
+
+
+def replace_dir_files(source: str, destination: str) -> None:
+    """Copy every file under `source` to the same place under `destination`, each replacing the
+    old one by a rename, so that a process killed at any point leaves each file old or new,
+    never empty or half-written. Tune's trial table (experiment_state-*.json) goes last."""
+    import shutil
+    import uuid
+
+    os.makedirs(destination, exist_ok=True)
+    for stale in os.listdir(destination):  # a killed upload's leftovers
+        if stale.startswith(UPLOAD_STAGING_PREFIX):
+            shutil.rmtree(os.path.join(destination, stale), ignore_errors=True)
+    staging = os.path.join(destination, f"{UPLOAD_STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    shutil.copytree(source, staging)
+    files = [os.path.relpath(os.path.join(root, name), staging) for root, _, names in os.walk(staging) for name in names]
+    for rel in sorted(files, key=lambda f: (os.path.basename(f).startswith("experiment_state"), f)):
+        target = os.path.join(destination, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(staging, rel), target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 _UPLOADS_MARK = "_rewarm_serialized_uploads"
 
 
@@ -212,19 +273,25 @@ def serialize_state_uploads() -> bool:
     except ImportError:
         log.warning("Ray Tune moved _ExperimentCheckpointManager; state saves may race uploads")
         return False
-    if getattr(manager, _UPLOADS_MARK, False):
-        return True
-    original = manager.sync_up_experiment_state
 
-    def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
-        def save_after_upload():
-            finish_upload_in_flight(self._storage.syncer)
-            save_fn()
+    def serialized(original):
+        def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False):
+            def save_after_upload():
+                finish_upload_in_flight(self._storage.syncer)
+                save_fn()
 
-        return original(self, save_fn=save_after_upload, force=force, wait=wait)
+            return original(self, save_fn=save_after_upload, force=force, wait=wait)
+        return sync_up_experiment_state
 
-    manager.sync_up_experiment_state = sync_up_experiment_state
-    setattr(manager, _UPLOADS_MARK, True)
+    return _wrap_once(manager, "sync_up_experiment_state", _UPLOADS_MARK, serialized)
+
+
+def _wrap_once(owner, name: str, mark: str, wrap) -> bool:
+    """Replace `owner.name` by `wrap(owner.name)`, once per process (`mark` on `owner` says it
+    is done): the wrappers of Ray's classes above patch the class for every instance."""
+    if not getattr(owner, mark, False):
+        setattr(owner, name, wrap(getattr(owner, name)))
+        setattr(owner, mark, True)
     return True
 
 

@@ -89,6 +89,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         f" | MLflow {tracker.uri} (experiment {spec.tracking.experiment!r}, parent run {parent})"
         f" | Optuna study {spec.name!r} in {display_url(spec.study_storage_url())}")
     ray_compat.serialize_state_uploads()  # Tune's state saves must not race their uploads
+    ray_compat.atomic_state_uploads()  # nor a killed driver leave them empty
     # A retried or resumed trial reports its steps again from its checkpoint; Optuna keeps the
     # first value of each step and warns once per step. Expected, so not shown to the user.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=\d+` is already reported")

@@ -6,6 +6,7 @@ name already taken) must say so before the base model is loaded or a trial is sc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sweeps.config.loading import SpecError
@@ -70,6 +71,17 @@ def check_resumable(spec: SweepSpec, sweep_dir: Path) -> None:
         raise SpecError(f"cannot resume sweep {spec.name!r}: {sweep_dir} holds no Tune experiment state (the driver "
                         f"stopped before Tune saved any, or the directory was moved without it); what it recorded "
                         f"is in MLflow; start it again with `rewarm sweep` under a new name")
+    # Tune restores from the newest state file by name; an empty or cut one (a driver killed
+    # while saving, before Rewarm replaced files whole: trainers/ray_compat.atomic_state_uploads)
+    # would make Tune start the experiment afresh, its trials again from step 0 under new ids.
+    newest = max(sweep_dir.glob(TUNE_STATE_GLOB), key=lambda p: p.name)
+    try:
+        json.loads(newest.read_text())
+    except (OSError, ValueError) as exc:
+        cause = "is empty" if newest.stat().st_size == 0 else f"cannot be read ({type(exc).__name__})"
+        raise SpecError(f"cannot resume sweep {spec.name!r}: its Tune state {newest} {cause} (the driver was "
+                        f"stopped while saving it), and Tune would start the sweep over; what it recorded is in "
+                        f"MLflow; start it again with `rewarm sweep` under a new name") from None
 
 
 def check_new_study(spec: SweepSpec, storage) -> None:
