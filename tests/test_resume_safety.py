@@ -8,6 +8,7 @@ newest checkpoint is partial gets the newest good one linked.
 """
 
 import os
+import pickle
 import shutil
 from types import SimpleNamespace
 
@@ -106,3 +107,31 @@ def test_partial_final_checkpoint_is_not_linked(resolved_small, tmp_path):
     assert child.data.tags["rewarm.final_checkpoint"] == str(older)
     assert any("not linking" in line and str(newest) in line and "corrupt" in line for line in lines), lines
     assert os.path.exists(older / "model.safetensors")
+
+
+@pytest.mark.parametrize("cut, problem", [
+    ("experiment_state", "is empty"), ("experiment_state", "is cut short (not JSON)"),
+    ("searcher-state", "is cut short (not a whole pickle)"), ("search_gen_state", "is empty")])
+def test_a_save_cut_by_a_killed_driver_is_refused_not_restarted(tmp_path, cut, problem):
+    """Tune restores from its newest save and, finding any of its files empty or cut, starts
+    the sweep over; check_resumable refuses it instead, naming the file. Older saves are not
+    read, so a cut one of those is no reason to refuse."""
+    from sweeps.config.loading import SpecError
+    from sweeps.execution.preflight import check_resumable
+
+    stamp, older = "2026-12-07_21-59-44", "2026-12-07_21-58-54"
+    (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    for s in (older, stamp):
+        (tmp_path / f"experiment_state-{s}.json").write_text('{"trial_data": []}')
+        (tmp_path / f"searcher-state-{s}.pkl").write_bytes(pickle.dumps({"searcher": 1}))
+        (tmp_path / f"search_gen_state-{s}.json").write_bytes(pickle.dumps({"generator": 1}))
+    (tmp_path / f"searcher-state-{older}.pkl").write_bytes(b"")
+    spec = small_spec(name="cut")
+    check_resumable(spec, tmp_path)  # the newest save is whole
+
+    target = next(tmp_path.glob(f"{cut}-{stamp}.*"))
+    whole = target.read_bytes()
+    target.write_bytes(b"" if problem == "is empty" else whole[:-1])
+    with pytest.raises(SpecError) as info:
+        check_resumable(spec, tmp_path)
+    assert f"its Tune state {target} {problem}" in str(info.value) and "\n" not in str(info.value)

@@ -234,7 +234,8 @@ def atomic_state_uploads() -> bool:
 def replace_dir_files(source: str, destination: str) -> None:
     """Copy every file under `source` to the same place under `destination`, each replacing the
     old one by a rename, so that a process killed at any point leaves each file old or new,
-    never empty or half-written. Tune's trial table (experiment_state-*.json) goes last."""
+    never empty or half-written. Tune's trial table (experiment_state-*.json) goes last. No
+    fsync: this guards against a killed process, not a lost machine."""
     import shutil
     import uuid
 
@@ -245,7 +246,10 @@ def replace_dir_files(source: str, destination: str) -> None:
     staging = os.path.join(destination, f"{UPLOAD_STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     shutil.copytree(source, staging)
     files = [os.path.relpath(os.path.join(root, name), staging) for root, _, names in os.walk(staging) for name in names]
-    for rel in sorted(files, key=lambda f: (os.path.basename(f).startswith("experiment_state"), f)):
+    # Nested files (trial dirs' logs) first, then the save's top-level files one straight after
+    # another (searcher, callbacks), the trial table last: a kill leaves at most a few
+    # renames between one save and the next.
+    for rel in sorted(files, key=lambda f: (os.sep not in f, f.startswith("experiment_state"), f)):
         target = os.path.join(destination, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(os.path.join(staging, rel), target)

@@ -15,7 +15,7 @@ from sweeps.execution.cluster import TRIAL_SLOT
 from sweeps.tracking.store import TrackingError
 
 # Tune's experiment state, saved as trials run (ray/tune/execution/experiment_state.py).
-TUNE_STATE_GLOB = "experiment_state*.json"
+TUNE_STATE_GLOB = "experiment_state-*.json"  # Tune's own pattern (TuneController.CKPT_FILE_TMPL)
 
 
 def check_cluster_fits(spec: SweepSpec, resources: dict) -> None:
@@ -71,17 +71,35 @@ def check_resumable(spec: SweepSpec, sweep_dir: Path) -> None:
         raise SpecError(f"cannot resume sweep {spec.name!r}: {sweep_dir} holds no Tune experiment state (the driver "
                         f"stopped before Tune saved any, or the directory was moved without it); what it recorded "
                         f"is in MLflow; start it again with `rewarm sweep` under a new name")
-    # Tune restores from the newest state file by name; an empty or cut one (a driver killed
-    # while saving, before Rewarm replaced files whole: trainers/ray_compat.atomic_state_uploads)
-    # would make Tune start the experiment afresh, its trials again from step 0 under new ids.
+    # Tune restores from its newest save (by the session stamp in the names: trial table,
+    # searcher, search generator, callbacks). An empty or cut file there (a driver killed while
+    # saving, before Rewarm replaced files whole: trainers/ray_compat.atomic_state_uploads)
+    # makes Tune log "Restarting experiment" and start over, its trials again from step 0.
     newest = max(sweep_dir.glob(TUNE_STATE_GLOB), key=lambda p: p.name)
-    try:
-        json.loads(newest.read_text())
-    except (OSError, ValueError) as exc:
-        cause = "is empty" if newest.stat().st_size == 0 else f"cannot be read ({type(exc).__name__})"
-        raise SpecError(f"cannot resume sweep {spec.name!r}: its Tune state {newest} {cause} (the driver was "
-                        f"stopped while saving it), and Tune would start the sweep over; what it recorded is in "
-                        f"MLflow; start it again with `rewarm sweep` under a new name") from None
+    stamp = newest.name[len("experiment_state-"):-len(".json")]
+    for path in sorted(p for p in sweep_dir.glob(f"*-{stamp}.*") if p.suffix in (".json", ".pkl")):
+        problem = _cut_state_file(path)
+        if problem:
+            raise SpecError(f"cannot resume sweep {spec.name!r}: its Tune state {path} {problem} (the driver was "
+                            f"stopped while saving it), and Tune would start the sweep over; what it recorded is "
+                            f"in MLflow; start it again with `rewarm sweep` under a new name")
+
+
+def _cut_state_file(path: Path) -> str | None:
+    """What is wrong with one of Tune's state files, or None. The trial table is JSON; the
+    others are pickles (search_gen_state-*.json too), checked by their last byte, the STOP
+    opcode every pickle ends with: unpickling the searcher would connect to its study."""
+    data = path.read_bytes()
+    if not data:
+        return "is empty"
+    if path.name.startswith("experiment_state-"):
+        try:
+            json.loads(data)
+        except ValueError:
+            return "is cut short (not JSON)"
+    elif not data.endswith(b"."):
+        return "is cut short (not a whole pickle)"
+    return None
 
 
 def check_new_study(spec: SweepSpec, storage) -> None:
