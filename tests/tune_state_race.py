@@ -59,15 +59,18 @@ def main(mode: str) -> dict:
     for _ in range(SAVES):
         manager.sync_up_experiment_state(save)
     stored = Path(storage.experiment_fs_path)
-    manager._storage.syncer.wait()
-    inodes = {n: (stored / n).stat().st_ino for n in STATE_FILES}
+    try:
+        manager._storage.syncer.wait()
+    except Exception:  # noqa: BLE001 - unpatched, the race's failed upload; the final save uploads again
+        pass
+    inodes = {n: (stored / n).stat().st_ino for n in STATE_FILES if (stored / n).exists()}
     manager.sync_up_experiment_state(save, force=True, wait=True)
     last = str(generation[0]).encode()
     return {"warnings": warnings,
             "storage_has_last_state": all((stored / n).read_bytes().startswith(last) for n in STATE_FILES),
             # The last upload renamed new files in (trainers/ray_compat.atomic_state_uploads), or
             # rewrote the old ones in place (Ray's own copy).
-            "files_replaced_whole": all((stored / n).stat().st_ino != inodes[n] for n in STATE_FILES),
+            "files_replaced_whole": bool(inodes) and all((stored / n).stat().st_ino != i for n, i in inodes.items()),
             # Save-time tmp files, or an upload's own staging dir (trainers/ray_compat.py), left behind.
             "stray_tmp_files": sorted(p.name for p in stored.iterdir() if "-tmp-" in p.name or p.name.startswith(".rewarm-"))}
 
