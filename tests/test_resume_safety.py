@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.cli import main
 from sweeps.config.layout import DEFAULT_STORAGE_PATH, SPEC_FILE
 from sweeps.execution.callback import SweepCallback
+from sweeps.execution.preflight import TUNE_STATE_GLOB
 from sweeps.tracking.tracker import Tracker
 from tests.conftest import small_spec
 
@@ -68,7 +69,7 @@ def test_resume_from_elsewhere_continues_and_bad_locations_are_refused(local_ray
 
     torn = elsewhere / "torn" / "anchored"  # a driver killed while it saved: Tune would start over
     shutil.copytree(sweep_dir, torn)
-    (newest,) = sorted(torn.glob("experiment_state*.json"))[-1:]
+    (newest,) = sorted(torn.glob(TUNE_STATE_GLOB))[-1:]
     newest.write_text("")
     assert main(["resume", str(torn)]) == 2
     err = capsys.readouterr().err.strip()

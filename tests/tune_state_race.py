@@ -15,6 +15,8 @@ from pathlib import Path
 from ray.train._internal.storage import StorageContext
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
+from trainers.ray_compat import finish_upload_in_flight
+
 SAVES = 300
 STATE_FILES = ("experiment_state.json", "searcher-state.pkl", "callbacks.pkl")
 
@@ -59,10 +61,8 @@ def main(mode: str) -> dict:
     for _ in range(SAVES):
         manager.sync_up_experiment_state(save)
     stored = Path(storage.experiment_fs_path)
-    try:
-        manager._storage.syncer.wait()
-    except Exception:  # noqa: BLE001 - unpatched, the race's failed upload; the final save uploads again
-        pass
+    # Unpatched, the race may have failed this upload: noted, and the final save uploads again.
+    finish_upload_in_flight(storage.syncer)
     inodes = {n: (stored / n).stat().st_ino for n in STATE_FILES if (stored / n).exists()}
     manager.sync_up_experiment_state(save, force=True, wait=True)
     last = str(generation[0]).encode()

@@ -15,7 +15,10 @@ from sweeps.execution.cluster import TRIAL_SLOT
 from sweeps.tracking.store import TrackingError
 
 # Tune's experiment state, saved as trials run (ray/tune/execution/experiment_state.py).
-TUNE_STATE_GLOB = "experiment_state-*.json"  # Tune's own pattern (TuneController.CKPT_FILE_TMPL)
+# Tune's own pattern (TuneController.CKPT_FILE_TMPL); the part after the prefix is the save's
+# session stamp, which the searcher's and callbacks' files of that save carry too.
+TUNE_STATE_PREFIX = "experiment_state-"
+TUNE_STATE_GLOB = f"{TUNE_STATE_PREFIX}*.json"
 
 
 def check_cluster_fits(spec: SweepSpec, resources: dict) -> None:
@@ -76,7 +79,7 @@ def check_resumable(spec: SweepSpec, sweep_dir: Path) -> None:
     # saving, before Rewarm replaced files whole: trainers/ray_compat.atomic_state_uploads)
     # makes Tune log "Restarting experiment" and start over, its trials again from step 0.
     newest = max(sweep_dir.glob(TUNE_STATE_GLOB), key=lambda p: p.name)
-    stamp = newest.name[len("experiment_state-"):-len(".json")]
+    stamp = newest.name[len(TUNE_STATE_PREFIX):-len(".json")]
     for path in sorted(p for p in sweep_dir.glob(f"*-{stamp}.*") if p.suffix in (".json", ".pkl")):
         problem = _cut_state_file(path)
         if problem:
@@ -92,7 +95,7 @@ def _cut_state_file(path: Path) -> str | None:
     data = path.read_bytes()
     if not data:
         return "is empty"
-    if path.name.startswith("experiment_state-"):
+    if path.name.startswith(TUNE_STATE_PREFIX):
         try:
             json.loads(data)
         except ValueError:
