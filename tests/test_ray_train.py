@@ -68,54 +68,6 @@ def test_stop_and_resume_through_ray_equals_uninterrupted(local_ray, toy_world, 
         assert {"checkpoints/final", "checkpoints/best"} <= {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
 
 
-def test_fsdp_run_on_ray_train_matches_ddp_and_resumes_exactly(local_ray, toy_world, tmp_path):
-    """FSDP on a Ray Train worker group: the same curve as DDP (run on two plain processes:
-    DDP on Ray Train is tests/test_worker_kill.py's), sharded checkpoints written into
-    Ray Train's run dir (reported without an upload), an exact resume through Ray, and a base
-    reference measured on a worker group like the trials'."""
-    from tests.test_parallel import FSDP_VS_DDP_TOLERANCE
-    from trainers.checkpoint_files import is_sharded_checkpoint
-    from trainers.run_dir import list_checkpoints
-
-    import dataclasses
-    import shutil
-
-    from sweeps.config.resolve import base_reference_key, measure_here, resolve, trial_config
-    from trainers.local import run_distributed
-    from trainers.toyworld import default_cache_dir
-
-    # An eval batch of its own gives these trials a base reference no other test shares (the
-    # key holds it), so forgetting it below cannot pull it from under a test running beside.
-    ddp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2}, training={"eval_batch_size": 8})
-    ddp = run_distributed(trial_config(resolve(ddp_spec), ddp_spec.fixed_knobs()), world=2)
-    fsdp_spec = small_spec(tmp_path, resources={"workers_per_trial": 2, "strategy": "fsdp"},
-                           training={"eval_batch_size": 8})
-    # Forget any cached base reference of these trials, so this run must measure it.
-    key = base_reference_key(dataclasses.replace(resolve(ddp_spec), spec=fsdp_spec))
-    cache = default_cache_dir() / "base_reference"
-    (cache / f"{key}.json").unlink(missing_ok=True)
-    shutil.rmtree(cache / "worker_groups" / f"base-{key}", ignore_errors=True)
-    part = run_single(fsdp_spec, run_name="fsdp", stop_after_step=10)
-    checkpoints = list_checkpoints(part.run_dir)
-    assert checkpoints and all(is_sharded_checkpoint(c) for c in checkpoints)
-    resumed = run_single(fsdp_spec, run_name="fsdp")
-    assert resumed.timings["resumed_from_step"] == 10 and resumed.status == "completed"
-    for a, b in zip(ddp.steps, read_curve(resumed.run_dir), strict=True):
-        assert a["step"] == b["step"] and a["lr"] == b["lr"]
-        assert a["loss"] == pytest.approx(b["loss"], abs=FSDP_VS_DDP_TOLERANCE)
-    assert resumed.metrics["L_down"] == pytest.approx(ddp.reports[-1]["L_down"], abs=FSDP_VS_DDP_TOLERANCE)
-
-    # The base reference of these trials was measured, by this test, on a worker group like theirs.
-    resolved = resolve(fsdp_spec)  # cached: the first run measured it
-    assert base_reference_key(resolved) == key and (cache / f"{key}.json").exists()
-    assert (cache / "worker_groups" / f"base-{key}").is_dir()
-    here = measure_here(dataclasses.replace(resolved, base_reference=None), tmp_path / "here.json")
-    assert resolved.base_reference.L_up == pytest.approx(here.L_up, abs=1e-5)  # CPU both: same numerics
-    assert resolved.base_reference.L_down == pytest.approx(here.L_down, abs=1e-5)
-
-
-
-
 def test_rewarm_train_from_scratch(local_ray, toy_world, tmp_path):
     """model.init: random through `rewarm train`'s own path (a Ray task), tracked like any run."""
     import math
