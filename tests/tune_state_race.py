@@ -15,7 +15,7 @@ from pathlib import Path
 from ray.train._internal.storage import StorageContext
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
-from trainers.ray_compat import finish_upload_in_flight
+from trainers.ray_compat import UPLOAD_STAGING_PREFIX, finish_upload_in_flight
 
 SAVES = 300
 STATE_FILES = ("experiment_state.json", "searcher-state.pkl", "callbacks.pkl")
@@ -72,7 +72,7 @@ def main(mode: str) -> dict:
             # rewrote the old ones in place (Ray's own copy).
             "files_replaced_whole": bool(inodes) and all((stored / n).stat().st_ino != i for n, i in inodes.items()),
             # Save-time tmp files, or an upload's own staging dir (trainers/ray_compat.py), left behind.
-            "stray_tmp_files": sorted(p.name for p in stored.iterdir() if "-tmp-" in p.name or p.name.startswith(".rewarm-"))}
+            "stray_tmp_files": sorted(p.name for p in stored.iterdir() if "-tmp-" in p.name or p.name.startswith(UPLOAD_STAGING_PREFIX))}
 
 
 if __name__ == "__main__":

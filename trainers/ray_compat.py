@@ -191,6 +191,11 @@ def drop_driver_notices(patterns: tuple[str, ...]) -> bool:
     return True
 
 
+# Tune names each save's trial table experiment_state-<session stamp>.json
+# (ray/tune/execution/tune_controller.py: TuneController.CKPT_FILE_TMPL); the searcher's and
+# callbacks' files of that save carry the same stamp.
+TUNE_STATE_PREFIX = "experiment_state-"
+
 _ATOMIC_UPLOADS_MARK = "_rewarm_atomic_uploads"
 # Beside the sweep's state files in storage_path while an upload is in flight (hidden: Tune
 # and Rewarm read only the named files there); left behind only by a driver killed mid-upload,
@@ -249,7 +254,7 @@ def replace_dir_files(source: str, destination: str) -> None:
     # Nested files (trial dirs' logs) first, then the save's top-level files one straight after
     # another (searcher, callbacks), the trial table last: a kill leaves at most a few
     # renames between one save and the next.
-    for rel in sorted(files, key=lambda f: (os.sep not in f, f.startswith("experiment_state"), f)):
+    for rel in sorted(files, key=lambda f: (os.sep not in f, f.startswith(TUNE_STATE_PREFIX), f)):
         target = os.path.join(destination, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(os.path.join(staging, rel), target)

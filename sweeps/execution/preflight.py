@@ -13,11 +13,10 @@ from sweeps.config.loading import SpecError
 from sweeps.config.spec import SweepSpec
 from sweeps.execution.cluster import TRIAL_SLOT
 from sweeps.tracking.store import TrackingError
+from trainers.ray_compat import TUNE_STATE_PREFIX
 
-# Tune's experiment state, saved as trials run (ray/tune/execution/experiment_state.py).
-# Tune's own pattern (TuneController.CKPT_FILE_TMPL); the part after the prefix is the save's
-# session stamp, which the searcher's and callbacks' files of that save carry too.
-TUNE_STATE_PREFIX = "experiment_state-"
+# Tune's experiment state, saved as trials run: one trial table per save, named by the save's
+# session stamp (ray/tune/execution/experiment_state.py).
 TUNE_STATE_GLOB = f"{TUNE_STATE_PREFIX}*.json"
 
 
