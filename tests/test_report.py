@@ -202,6 +202,8 @@ def test_rewarm_ui_opens_on_the_sweeps_runs_in_headless_chromium(task_sweep, rew
 
         started = [" ".join(p.cmdline()) for p in psutil.Process(ui.pid).children(recursive=True)]
         assert started and not [c for c in started if "huey" in c or "_job_runner" in c], started
+        # One server worker, uvicorn itself (sweeps/cli.py: _ui): MLflow's default spawns four more.
+        assert not [c for c in started if "multiprocessing.spawn" in c], started
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
@@ -215,7 +217,7 @@ def test_rewarm_ui_prints_the_command_it_would_run(task_sweep, capsys, monkeypat
     code, out, _ = _rewarm(["ui", "--sweep", "tasks", "--tracking-uri", uri, "--port", "5099"], capsys)
     command, page = out.strip().splitlines()
     assert code == 0 and command.startswith("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false ")
-    assert f"--backend-store-uri {uri} " in command and "--port 5099" in command
+    assert f"--backend-store-uri {uri} " in command and "--port 5099" in command and "--workers 1" in command
     experiment = MlflowClient(uri).get_run(outcome.parent_run_id).info.experiment_id
     assert page == f"then open http://127.0.0.1:5099/#/experiments/{experiment}?workflowType=machine_learning"
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # the user's value wins
