@@ -106,7 +106,6 @@ def test_the_experiment_state_manager_still_has_the_method_rewarm_wraps():
     assert ray_compat.serialize_state_uploads()
 
 
-@pytest.mark.ray
 def test_tune_names_its_trial_tables_with_the_prefix_rewarm_reads():
     """The resume check finds a save's files, and an upload renames its trial table last, by it."""
     from ray.tune.execution.tune_controller import TuneController
@@ -114,6 +113,7 @@ def test_tune_names_its_trial_tables_with_the_prefix_rewarm_reads():
     assert TuneController.CKPT_FILE_TMPL == ray_compat.TUNE_STATE_PREFIX + "{}.json"
 
 
+@pytest.mark.ray
 def test_a_failed_task_is_unwrapped_to_its_own_exception(local_ray):
     @local_ray.remote(max_retries=0)
     def fails():
