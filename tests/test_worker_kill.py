@@ -8,8 +8,10 @@ dir, and a base reference that the sweep measures on a worker group like its tri
 FSDP matches DDP is tests/test_parallel.py's, on plain processes, as is an FSDP run stopped
 and continued there; a Train run restored after its driver died is tests/test_sweep_resume.py's.)"""
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -64,9 +66,6 @@ def _forget_base_reference(spec) -> str:
     ~1 s): the key is then taken with this spec's own resources. No other test's trials share
     this key (FSDP over two workers, the default eval batch), so no test running beside loses
     a reference it is about to read."""
-    import dataclasses
-    import shutil
-
     one_worker = spec.model_copy(update={"resources": spec.resources.model_copy(
         update={"workers_per_trial": 1, "strategy": "ddp"})})
     key = base_reference_key(dataclasses.replace(resolve(one_worker), spec=spec))
@@ -80,8 +79,6 @@ def _assert_measured_on_a_worker_group(spec, key: str, tmp_path) -> None:
     """The sweep measured its base reference on a worker group like its trials' (Ray Train
     left that group's run dir), and it equals this process's measurement (CPU both: the same
     numerics)."""
-    import dataclasses
-
     cache = default_cache_dir() / "base_reference"
     resolved = resolve(spec)  # cached now: the sweep measured it
     assert base_reference_key(resolved) == key and (cache / f"{key}.json").exists()
